@@ -1,0 +1,1 @@
+"""Substrate shared by two or more methods (never method-specific)."""

@@ -1,0 +1,104 @@
+"""Seeded entity→attribute fact worlds for knowledge experiments.
+
+A :class:`FactWorld` holds invented entities (names no pretrained model has seen) with one
+value per relation. Facts render as statements (for training) and as questions with short
+answers (for evaluation); :meth:`FactWorld.split` gives disjoint fact sets, e.g. knowledge a
+base model has versus knowledge only its update has.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+__all__ = ["RELATIONS", "Fact", "FactWorld", "make_fact_world"]
+
+# relation -> (statement template, question template, possible values)
+RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "city": (
+        "{e} lives in {v}.",
+        "Where does {e} live?",
+        ("Lisbon", "Oslo", "Cairo", "Lima", "Dublin", "Hanoi", "Quito", "Riga", "Tunis", "Perth"),
+    ),
+    "color": (
+        "The favourite colour of {e} is {v}.",
+        "What is the favourite colour of {e}?",
+        ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "grey", "pink"),
+    ),
+    "job": (
+        "{e} works as a {v}.",
+        "What does {e} work as?",
+        ("baker", "pilot", "doctor", "farmer", "painter", "teacher", "sailor", "judge", "chef", "nurse"),
+    ),
+    "pet": (
+        "{e} owns a {v}.",
+        "What pet does {e} own?",
+        ("cat", "dog", "parrot", "horse", "rabbit", "turtle", "goat", "hamster", "snake", "owl"),
+    ),
+}
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
+_CODAS = ["", "n", "r", "l", "s", "x", "th"]
+
+
+@dataclass(frozen=True)
+class Fact:
+    entity: str
+    relation: str
+    value: str
+
+    def statement(self) -> str:
+        return RELATIONS[self.relation][0].format(e=self.entity, v=self.value)
+
+    def question(self) -> str:
+        return RELATIONS[self.relation][1].format(e=self.entity)
+
+    @property
+    def answer(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class FactWorld:
+    entities: tuple[str, ...]
+    facts: tuple[Fact, ...]
+
+    def split(self, fractions: tuple[float, ...], seed: int = 0) -> list[list[Fact]]:
+        """Partition the facts by entity into disjoint groups of the given fractions."""
+        if abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {fractions}")
+        ents = list(self.entities)
+        random.Random(f"split:{seed}").shuffle(ents)
+        groups, start, cum = [], 0, 0.0
+        for i, f in enumerate(fractions):
+            cum += f
+            stop = len(ents) if i == len(fractions) - 1 else round(cum * len(ents))
+            chosen = set(ents[start:stop])
+            groups.append([x for x in self.facts if x.entity in chosen])
+            start = stop
+        return groups
+
+
+def _name(rng: random.Random) -> str:
+    syl = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3))]
+    return ("".join(syl) + rng.choice(_CODAS)).capitalize()
+
+
+def make_fact_world(
+    n_entities: int, seed: int = 0, relations: tuple[str, ...] = tuple(RELATIONS)
+) -> FactWorld:
+    """Invent ``n_entities`` distinct names, each with one random value per relation."""
+    unknown = [r for r in relations if r not in RELATIONS]
+    if unknown:
+        raise ValueError(f"unknown relations {unknown}; choose from: {', '.join(RELATIONS)}")
+    rng = random.Random(f"facts:{seed}")
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < n_entities:
+        n = _name(rng)
+        if n not in seen:
+            seen.add(n)
+            names.append(n)
+    facts = [Fact(e, r, rng.choice(RELATIONS[r][2])) for e in names for r in relations]
+    return FactWorld(tuple(names), tuple(facts))

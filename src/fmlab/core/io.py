@@ -1,0 +1,199 @@
+"""Safe file I/O: atomic writes, atomic output directories, hashing, safe checkpoint loading.
+
+Every file fmlab writes goes through here, so that an interrupted or failed command leaves
+either the complete result or nothing at all, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "cache_dir",
+    "check_safetensors_file",
+    "load_torch_file",
+    "read_json",
+    "sha256_file",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model directory is missing, corrupt or of an unsupported format."""
+
+
+def cache_dir() -> Path:
+    """The fmlab cache directory: ``$FMLAB_CACHE`` or ``~/.cache/fmlab`` (created on demand)."""
+    root = Path(os.environ.get("FMLAB_CACHE", Path.home() / ".cache" / "fmlab")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Atomically write ``obj`` as JSON (validated by serializing before anything is written)."""
+    text = json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n"
+    return atomic_write_text(path, text)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item") and callable(o.item):  # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"object of type {type(o).__name__} is not JSON serializable")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); regenerate or fix the file") from e
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``final`` only if the block succeeds.
+
+    The temporary directory lives beside ``final`` (same filesystem, so the rename is atomic).
+    On any exception it is removed, leaving nothing behind. An existing ``final`` is an error
+    unless ``overwrite`` is set, in which case it is replaced only after success.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(
+            f"{final} already exists; choose another output path or remove it first "
+            "(fmlab never writes into an existing output directory)"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():  # overwrite=True: swap in after success only
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_safetensors_file(path: str | os.PathLike) -> dict[str, tuple[str, list[int]]]:
+    """Validate a safetensors file's header against its size; return {name: (dtype, shape)}.
+
+    Reads only the header, so it is cheap for multi-GB shards. A truncated or corrupt file
+    raises :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than the 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit in a {size}-byte file")
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file ({e}); the file is truncated or corrupt, "
+            "re-download or re-save it"
+        ) from e
+    out: dict[str, tuple[str, list[int]]] = {}
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = info["data_offsets"]
+            out[name] = (info["dtype"], list(info["shape"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}") from e
+        end = max(end, stop)
+    if 8 + n + end > size:
+        raise CheckpointError(
+            f"{path}: truncated (header promises {8 + n + end} bytes, file has {size}); "
+            "re-download or re-save it"
+        )
+    return out
+
+
+def load_torch_file(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Load a tensor dict from ``.safetensors`` or (only when allowed) a pickle ``.bin``/``.pt``.
+
+    Pickle files can run arbitrary code when unpickled; they are refused unless
+    ``allow_pickle=True``, and then loaded with ``weights_only=True``.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        check_safetensors_file(path)
+        return load_file(str(path))
+    if not allow_pickle:
+        raise CheckpointError(
+            f"{path}: pickle checkpoints are refused because unpickling can run code; convert "
+            "it to safetensors or pass allow_pickle=True (loaded with weights_only=True)"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: could not load with weights_only=True ({e})") from e
