@@ -33,7 +33,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def wrap_tokenizer(tok: Tokenizer, max_length: int = 2048) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tok: Tokenizer, max_length: int = 1 << 20) -> PreTrainedTokenizerFast:
     """Wrap a ``tokenizers.Tokenizer`` with fmlab's special tokens and chat template."""
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
