@@ -94,10 +94,10 @@ def perplexity(
 
 
 def _encode_prompts(tokenizer, prompts: Sequence[str], chat: bool) -> list[list[int]]:
-    if chat:
-        return [
+    if chat:  # render, then tokenize: the rendered text already holds the special tokens
+        prompts = [
             tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
             )
             for p in prompts
         ]

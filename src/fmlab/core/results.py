@@ -1,0 +1,287 @@
+"""Result records, plot helpers and the Markdown report.
+
+A result record is one JSON file per bench with the fields of ARCHITECTURE.md: ``method``,
+``claim`` (one sentence), ``setup`` (model, data, sizes, seeds, command line), ``metrics``
+(ours), ``baselines`` (same metrics per baseline, measured in the same run), ``env``
+(versions, CPU, threads) and ``wall_s``. Numbers in README and docs come from these files.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmlab.core.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+
+__all__ = [
+    "REQUIRED_FIELDS",
+    "ResultRecord",
+    "Timer",
+    "bar_plot",
+    "env_info",
+    "line_plot",
+    "load_record",
+    "mean_std",
+    "peak_rss_mb",
+    "render_report",
+    "write_record",
+]
+
+REQUIRED_FIELDS = ("method", "claim", "setup", "metrics", "baselines", "env", "wall_s")
+
+
+def env_info() -> dict[str, Any]:
+    """Versions, CPU and thread facts for a result record."""
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    for mod in ("transformers", "numpy", "safetensors", "tokenizers"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional packages
+            info[mod] = None
+    from fmlab import __version__
+
+    info["fmlab"] = __version__
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss)."""
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "std" (sample, 0 for one value), "n", "values"}`` for per-seed numbers."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("mean_std needs at least one value")
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "n": len(vals),
+        "values": vals,
+    }
+
+
+class Timer:
+    """``with Timer() as t: ...; t.s`` — wall seconds of a block."""
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        self.s = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self._t0
+        return False
+
+
+@dataclass
+class ResultRecord:
+    """One bench's result; see the module docstring for the meaning of each field."""
+
+    method: str
+    claim: str
+    setup: dict[str, Any]
+    metrics: dict[str, Any]
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=env_info)
+    wall_s: float = 0.0
+    plots: list[str] = field(default_factory=list)  # file names beside the JSON
+    notes: list[str] = field(default_factory=list)  # deviations, caveats: shown in the report
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_record(record: ResultRecord, path: str | os.PathLike) -> Path:
+    """Validate and atomically write ``record`` as JSON."""
+    d = record.to_dict()
+    missing = [k for k in REQUIRED_FIELDS if d.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"result record is missing {missing}")
+    if not isinstance(d["baselines"], Mapping):
+        raise ValueError("result record 'baselines' must map baseline name -> metrics")
+    return atomic_write_json(path, d)
+
+
+def load_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a result record, checking that it has the required fields."""
+    d = read_json(path)
+    missing = [k for k in REQUIRED_FIELDS if k not in d] if isinstance(d, dict) else REQUIRED_FIELDS
+    if missing:
+        raise ValueError(f"{path}: not a result record (missing {list(missing)})")
+    return d
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, plt, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def line_plot(
+    path: str | os.PathLike,
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    errors: Mapping[str, Sequence[float]] | None = None,
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
+    """One line per series over shared ``x``, with optional ±error bands; saved as PNG."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        ax.plot(x, ys, marker="o", label=name)
+        if errors and name in errors:
+            lo = [y - e for y, e in zip(ys, errors[name], strict=True)]
+            hi = [y + e for y, e in zip(ys, errors[name], strict=True)]
+            ax.fill_between(x, lo, hi, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, plt, path)
+
+
+def bar_plot(
+    path: str | os.PathLike,
+    values: Mapping[str, float],
+    ylabel: str,
+    title: str = "",
+    errors: Mapping[str, float] | None = None,
+) -> Path:
+    """Bars for named values (e.g. arms), with optional error bars; saved as PNG."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(values)), 4))
+    names = list(values)
+    errs = [errors.get(n, 0.0) for n in names] if errors else None
+    ax.bar(names, [values[n] for n in names], yerr=errs, capsize=4, color="#4c72b0")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    return _save(fig, plt, path)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, Mapping) and "mean" in v and "std" in v:
+        return f"{_fmt(v['mean'])} ± {_fmt(v['std'])}"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    return "…"  # nested structures are in the JSON
+
+
+def _scalar_keys(*rows: Mapping[str, Any]) -> list[str]:
+    keys: list[str] = []
+    for row in rows:
+        for k, v in row.items():
+            if k not in keys and _fmt(v) != "…":
+                keys.append(k)
+    return keys
+
+
+def render_record(d: Mapping[str, Any], rel_dir: str = ".") -> str:
+    """Markdown for one record: claim, a metrics table (ours vs baselines), notes, plots."""
+    lines = [f"### {d['method']}", "", f"**Claim.** {d['claim']}", ""]
+    rows = {"fmlab (ours)": d["metrics"], **d.get("baselines", {})}
+    keys = _scalar_keys(*rows.values())
+    if keys:
+        lines.append("| arm | " + " | ".join(keys) + " |")
+        lines.append("|---" * (len(keys) + 1) + "|")
+        for arm, m in rows.items():
+            lines.append(f"| {arm} | " + " | ".join(_fmt(m.get(k, "")) for k in keys) + " |")
+        lines.append("")
+    cmd = d.get("setup", {}).get("command")
+    lines.append(f"Wall time {_fmt(float(d['wall_s']))} s" + (f"; command: `{cmd}`" if cmd else ""))
+    lines.append("")
+    for note in d.get("notes", []):
+        lines.append(f"- {note}")
+    if d.get("notes"):
+        lines.append("")
+    for p in d.get("plots", []):
+        lines.append(f"![{p}]({rel_dir}/{p})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_report(results_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+    """Gather every record under ``results_dir`` into one Markdown report (written to ``out``)."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root}: no results directory; run a bench first, e.g. `fmlab demo`"
+        )
+    paths = sorted(root.rglob("*.json"))
+    out_path = Path(out) if out is not None else None
+    parts = ["# fmlab results report", ""]
+    n = 0
+    for p in paths:
+        try:
+            d = load_record(p)
+        except ValueError:
+            continue
+        base = out_path.parent if out_path is not None else root
+        rel = os.path.relpath(p.parent, base)
+        parts.append(render_record(d, rel))
+        n += 1
+    if n == 0:
+        parts.append(f"No result records found under `{root}`.")
+    text = "\n".join(parts)
+    if out_path is not None:
+        atomic_write_text(out_path, text)
+    return text
