@@ -1,0 +1,42 @@
+"""Test configuration: fully offline, tiny models built in-process, session-scoped fixtures."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def prose_splits():
+    from fmlab.core.data import prose_documents, split_documents
+
+    return split_documents(prose_documents(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(prose_splits):
+    from fmlab.core.models import train_bpe_tokenizer
+
+    return train_bpe_tokenizer((d.text for d in prose_splits["train"]), vocab_size=512)
+
+
+@pytest.fixture()
+def tiny_model(bpe_tokenizer):
+    from fmlab.core.models import build_model
+
+    return build_model("llama-tiny", len(bpe_tokenizer), seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M-Instruct (dequantized once into FMLAB_CACHE)."""
+    from fmlab.core.models import load_pretrained
+
+    return load_pretrained("smollm2-135m-instruct", device="cpu")

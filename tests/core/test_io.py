@@ -1,0 +1,108 @@
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fmlab.core.io import (
+    CheckpointError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_safetensors_file,
+    load_torch_file,
+    read_json,
+    sha256_file,
+)
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write_text(p, "one")
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_atomic_write_json_unserializable_writes_nothing(tmp_path):
+    p = tmp_path / "r.json"
+    with pytest.raises(TypeError):
+        atomic_write_json(p, {"x": object()})
+    assert not p.exists() and os.listdir(tmp_path) == []
+
+
+def test_atomic_dir_success_and_failure(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []  # nothing half-written
+    with atomic_dir(final) as tmp:
+        (tmp / "ok.txt").write_text("ok")
+    assert (final / "ok.txt").read_text() == "ok"
+    with pytest.raises(FileExistsError, match="already exists"), atomic_dir(final):
+        pass
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_atomic_dir_overwrite_keeps_old_on_failure(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(ValueError), atomic_dir(final, overwrite=True):
+        raise ValueError
+    assert (final / "old.txt").read_text() == "old"
+    with atomic_dir(final, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert os.listdir(final) == ["new.txt"]
+
+
+def test_safetensors_truncated_and_garbage_are_named(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_file({"w": torch.randn(64, 64)}, str(p))
+    assert check_safetensors_file(p) == {"w": ("F32", [64, 64])}
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"m\.safetensors.*truncated"):
+        check_safetensors_file(p)
+    p.write_bytes(b"\x00" * 4)
+    with pytest.raises(CheckpointError, match=r"m\.safetensors"):
+        check_safetensors_file(p)
+    p.write_bytes((10).to_bytes(8, "little") + b"not json!!")
+    with pytest.raises(CheckpointError, match=r"m\.safetensors"):
+        check_safetensors_file(p)
+
+
+def test_pickle_refused_unless_allowed(tmp_path):
+    p = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.ones(2)}, p)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_torch_file(p)
+    assert torch.equal(load_torch_file(p, allow_pickle=True)["w"], torch.ones(2))
+
+
+def test_pickle_with_code_is_rejected_even_when_allowed(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    p = tmp_path / "evil.bin"
+    p.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_torch_file(p, allow_pickle=True)
+
+
+def test_read_json_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        read_json(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(ValueError, match="bad.json"):
+        read_json(bad)
+    good = tmp_path / "g.json"
+    good.write_text(json.dumps({"a": 1}))
+    assert read_json(good) == {"a": 1}
+    assert len(sha256_file(good)) == 64
