@@ -69,7 +69,9 @@ def info() -> None:
 
 @app.command()
 def demo(
-    question: str = typer.Option("What is the capital of France?", help="asked to the bundled model"),
+    question: str = typer.Option(
+        "What is the capital of France?", help="asked to the bundled model"
+    ),
     benches: bool = typer.Option(True, help="run each method's quick bench"),
     out: Path = typer.Option(Path("runs/demo"), help="where quick-bench records go"),
 ) -> None:
@@ -82,7 +84,10 @@ def demo(
     from fmlab.core.results import Timer
 
     console = Console()
-    with console.status("loading smollm2-135m-instruct (dequantized once, then cached)"), Timer() as t:
+    with (
+        console.status("loading smollm2-135m-instruct (dequantized once, then cached)"),
+        Timer() as t,
+    ):
         model, tok = load_pretrained("smollm2-135m-instruct", device="cpu")
     console.print(f"loaded smollm2-135m-instruct in {t.s:.1f} s")
     answer = generate(model, tok, [question], max_new_tokens=48)[0]
@@ -122,15 +127,35 @@ def _scalars(d: dict) -> dict[str, float]:
 def report(
     results: Path = typer.Option(Path("docs/results"), help="directory of result records"),
     out: Path = typer.Option(Path("runs/report.md"), help="Markdown file to write"),
+    readme: Path | None = typer.Option(None, help="also regenerate this README's results table"),
 ) -> None:
     """Gather every result record into one Markdown report with its plots."""
-    from fmlab.core.results import render_report
+    from fmlab.core.results import render_report, update_readme
 
     try:
         render_report(results, out)
-    except FileNotFoundError as e:
+        if readme is not None:
+            update_readme(readme, results)
+    except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {out}" + (f" and the results table of {readme}" if readme else ""))
+
+
+@app.command("bench-core")
+def bench_core(
+    out: Path = typer.Option(Path("docs/results/core"), help="where substrate.json goes"),
+    quick: bool = typer.Option(False, help="fewer steps and repeats (about 30 s)"),
+) -> None:
+    """Measure the substrate: bundled model speed and answer, tiny-LM training."""
+    from fmlab.core.bench import run
+
+    rec = run(out, quick=quick)
+    m = rec.metrics
+    typer.echo(
+        f"answer: {m['answer']!r}; decode {m['decode_tokens_per_s']:.1f} tok/s, prefill "
+        f"{m['prefill_tokens_per_s']:.0f} tok/s; tiny LM val loss {m['tiny_lm_val_loss']:.3f} "
+        f"vs unigram {rec.baselines['unigram predictor']['tiny_lm_val_loss']:.3f}; wrote {out}"
+    )
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def test_countdown_verifier():
     for ex in exs:
         assert task.verify(ex, f"<answer>{ex.answer}</answer>") == 1.0
     ex = exs[0]
-    a, b, c = ex.meta["numbers"]
+    a, b, _c = ex.meta["numbers"]
     assert task.verify(ex, f"{a}+{b}") == 0.0  # does not use every number
     assert task.verify(ex, "__import__('os')") == 0.0  # never evaluated
     assert task.verify(ex, "1/0") == 0.0
@@ -111,7 +111,11 @@ def test_reward_fn_has_trl_signature():
     task = get_task("addition", digits=2)
     exs = task.generate(3, seed=0)
     reward = task.reward_fn()
-    rs = reward(prompts=[e.prompt for e in exs], completions=[exs[0].answer, "0", "no"], meta=[e.meta for e in exs])
+    rs = reward(
+        prompts=[e.prompt for e in exs],
+        completions=[exs[0].answer, "0", "no"],
+        meta=[e.meta for e in exs],
+    )
     assert rs == [1.0, 0.0, 0.0]
     conv = [[{"role": "assistant", "content": exs[0].answer}]]
     assert reward(prompts=[exs[0].prompt], completions=conv, meta=[exs[0].meta]) == [1.0]

@@ -96,11 +96,11 @@ def test_pickle_with_code_is_rejected_even_when_allowed(tmp_path):
 
 
 def test_read_json_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
         read_json(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
-    with pytest.raises(ValueError, match="bad.json"):
+    with pytest.raises(ValueError, match=r"bad\.json"):
         read_json(bad)
     good = tmp_path / "g.json"
     good.write_text(json.dumps({"a": 1}))

@@ -31,6 +31,7 @@ def test_char_tokenizer_one_token_per_char(tmp_path):
     tok.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(tmp_path)("7+7", add_special_tokens=False)["input_ids"] == tok(
-        "7+7", add_special_tokens=False
-    )["input_ids"]
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path)("7+7", add_special_tokens=False)["input_ids"]
+        == tok("7+7", add_special_tokens=False)["input_ids"]
+    )

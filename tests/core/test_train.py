@@ -20,7 +20,9 @@ def blocks(bpe_tokenizer, prose_splits):
 
 
 def _cfg(**kw):
-    base = dict(steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_batches=2, log_every=5, progress=False)
+    base = dict(
+        steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_batches=2, log_every=5, progress=False
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -56,7 +58,9 @@ def test_resume_reproduces_uninterrupted_run(bpe_tokenizer, blocks, tmp_path):
 
     # 1) stop_at: a clean split of the job
     part = build_model("llama-tiny", len(bpe_tokenizer), seed=0)
-    r1 = train(part, BlockSampler(train_b, seed=1), cfg, tmp_path / "split", val_blocks=val_b, stop_at=12)
+    r1 = train(
+        part, BlockSampler(train_b, seed=1), cfg, tmp_path / "split", val_blocks=val_b, stop_at=12
+    )
     assert r1.interrupted and r1.steps == 12
     part = build_model("llama-tiny", len(bpe_tokenizer), seed=0)  # a fresh process would rebuild
     r2 = train(part, BlockSampler(train_b, seed=1), cfg, tmp_path / "split", val_blocks=val_b)
@@ -66,12 +70,21 @@ def test_resume_reproduces_uninterrupted_run(bpe_tokenizer, blocks, tmp_path):
 
     # 2) a Ctrl-C in the middle of a step: the checkpoint holds the last finished step
     part = build_model("llama-tiny", len(bpe_tokenizer), seed=0)
-    r3 = train(part, BlockSampler(train_b, seed=1), cfg, tmp_path / "ctrlc", loss_fn=_wrap_interrupt(2 * 17 + 1))
+    r3 = train(
+        part,
+        BlockSampler(train_b, seed=1),
+        cfg,
+        tmp_path / "ctrlc",
+        loss_fn=_wrap_interrupt(2 * 17 + 1),
+    )
     assert r3.interrupted and r3.steps == 17
     part = build_model("llama-tiny", len(bpe_tokenizer), seed=0)
     train(part, BlockSampler(train_b, seed=1), cfg, tmp_path / "ctrlc", val_blocks=val_b)
     assert param_checksum(part) == param_checksum(full)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "ctrlc" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "ctrlc" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(set(steps))  # no duplicated log rows after resume
 
 
@@ -92,7 +105,7 @@ def test_bf16_autocast_runs(bpe_tokenizer, blocks):
 
 
 def test_config_is_typed_and_strict():
-    with pytest.raises(ValueError, match="unknown TrainConfig keys.*'lrr'"):
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys.*'lrr'"):
         TrainConfig.from_dict({"lrr": 1.0})
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
@@ -110,8 +123,19 @@ def test_two_process_ddp_gloo(tmp_path):
     cfg.write_text(json.dumps({"steps": 8, "batch_size": 4, "progress": False, "log_every": 2}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "fmlab.core.train", "--out", str(tmp_path / "run"), "--config", str(cfg), "--vocab", "384",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "fmlab.core.train",
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(cfg),
+        "--vocab",
+        "384",
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert p.returncode == 0, p.stderr[-3000:]

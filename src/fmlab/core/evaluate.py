@@ -61,14 +61,15 @@ def perplexity(
     """Sliding-window perplexity of one token sequence.
 
     Each window of ``window`` tokens scores only the tokens not scored by the previous window,
-    so every token after the first is scored exactly once with up to ``window - stride``
-    tokens of left context (the standard strided evaluation).
+    so every token after the first is scored exactly once, with at least ``window - stride``
+    tokens of left context once the sequence is that long (the standard strided evaluation).
 
     Returns:
         ``{"ppl", "nll" (mean nats/token), "tokens" (number scored)}``.
     """
-    if stride <= 0 or stride > window:
-        raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
+    if stride <= 0 or stride >= window:
+        # stride == window would leave the first token of every window without context
+        raise ValueError(f"need 0 < stride < window, got stride={stride}, window={window}")
     ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
     if ids.numel() < 2:
         raise ValueError("perplexity needs at least 2 tokens")

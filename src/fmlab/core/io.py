@@ -183,7 +183,7 @@ def check_safetensors_file(path: str | os.PathLike) -> dict[str, tuple[str, list
         if name == "__metadata__":
             continue
         try:
-            start, stop = info["data_offsets"]
+            _start, stop = info["data_offsets"]
             out[name] = (info["dtype"], list(info["shape"]))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}") from e

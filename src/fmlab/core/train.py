@@ -129,7 +129,9 @@ class BlockSampler:
 
     def batch(self, step: int, micro: int, rank: int, world: int, batch_size: int) -> dict:
         key = f"{self.seed}:{step}:{micro}:{rank}".encode()
-        g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1)
+        g = torch.Generator().manual_seed(
+            int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1
+        )
         idx = torch.randint(len(self.blocks), (batch_size,), generator=g)
         b = self.blocks[idx]
         return {"input_ids": b[:, :-1], "labels": b[:, 1:]}
@@ -217,7 +219,13 @@ def _read_history(path: Path, upto: int) -> list[dict]:
 def _progress(enabled: bool, total: int, start: int):
     if not enabled:
         return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     p = Progress(
         TextColumn("[bold]train"),
@@ -303,7 +311,8 @@ def train(
                 total = 0.0
                 for micro in range(cfg.grad_accum):
                     batch = {
-                        k: v.to(dev) for k, v in data.batch(step, micro, rank, world, cfg.batch_size).items()
+                        k: v.to(dev)
+                        for k, v in data.batch(step, micro, rank, world, cfg.batch_size).items()
                     }
                     sync = micro == cfg.grad_accum - 1 or world == 1
                     ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
@@ -323,7 +332,12 @@ def train(
                 window.append(total)
                 row: dict[str, Any] = {}
                 if step % cfg.log_every == 0 or step == end:
-                    row = {"step": step, "loss": sum(window) / len(window), "lr": lr, "grad_norm": gnorm}
+                    row = {
+                        "step": step,
+                        "loss": sum(window) / len(window),
+                        "lr": lr,
+                        "grad_norm": gnorm,
+                    }
                     window = []
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                     last_eval = evaluate()
@@ -337,7 +351,9 @@ def train(
                 if out is not None and rank == 0 and cfg.ckpt_every and step % cfg.ckpt_every == 0:
                     _save_checkpoint(out / CHECKPOINT, model, opt, step, cfg)
                 if bar is not None:
-                    bar.update(bar.task_ids[0], completed=step, info=f"loss {total:.3f} lr {lr:.2e}")
+                    bar.update(
+                        bar.task_ids[0], completed=step, info=f"loss {total:.3f} lr {lr:.2e}"
+                    )
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -404,7 +420,9 @@ def _main(argv: list[str] | None = None) -> int:
     model = build_model(args.model, len(tok), seed=args.seed)
     started = _maybe_init_dist()  # kept open past train() to gather the checksums below
     rank, world = _dist_info()
-    res = train(model, BlockSampler(train_blocks, seed=cfg.seed), cfg, args.out, val_blocks=val_blocks)
+    res = train(
+        model, BlockSampler(train_blocks, seed=cfg.seed), cfg, args.out, val_blocks=val_blocks
+    )
     sums = [param_checksum(model)]
     if world > 1:
         sums = [None] * world

@@ -28,7 +28,18 @@ RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "job": (
         "{e} works as a {v}.",
         "What does {e} work as?",
-        ("baker", "pilot", "doctor", "farmer", "painter", "teacher", "sailor", "judge", "chef", "nurse"),
+        (
+            "baker",
+            "pilot",
+            "doctor",
+            "farmer",
+            "painter",
+            "teacher",
+            "sailor",
+            "judge",
+            "chef",
+            "nurse",
+        ),
     ),
     "pet": (
         "{e} owns a {v}.",
@@ -37,7 +48,26 @@ RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr"]
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "kr",
+    "tr",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
 _CODAS = ["", "n", "r", "l", "s", "x", "th"]
 

@@ -186,7 +186,11 @@ class CountdownTask(_Task):
 def _sudoku_valid(grid: Sequence[int]) -> bool:
     rows = [grid[4 * r : 4 * r + 4] for r in range(4)]
     cols = [grid[c::4] for c in range(4)]
-    boxes = [[grid[4 * (br + i) + bc + j] for i in (0, 1) for j in (0, 1)] for br in (0, 2) for bc in (0, 2)]
+    boxes = [
+        [grid[4 * (br + i) + bc + j] for i in (0, 1) for j in (0, 1)]
+        for br in (0, 2)
+        for bc in (0, 2)
+    ]
     return all(sorted(u) == [1, 2, 3, 4] for u in rows + cols + boxes)
 
 
@@ -234,7 +238,9 @@ class SudokuTask(_Task):
                 puzzle[i] = 0
             if _count_solutions(list(puzzle)) == 1:
                 break
-        show = "\n".join("".join(str(v) if v else "." for v in puzzle[4 * r : 4 * r + 4]) for r in range(4))
+        show = "\n".join(
+            "".join(str(v) if v else "." for v in puzzle[4 * r : 4 * r + 4]) for r in range(4)
+        )
         answer = "\n".join("".join(map(str, sol[4 * r : 4 * r + 4])) for r in range(4))
         return Example(f"Solve the sudoku:\n{show}\n", answer, {"puzzle": puzzle})
 
