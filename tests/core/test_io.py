@@ -82,6 +82,7 @@ def test_pickle_refused_unless_allowed(tmp_path):
     assert torch.equal(load_torch_file(p, allow_pickle=True)["w"], torch.ones(2))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_with_code_is_rejected_even_when_allowed(tmp_path):
     import pickle
 
