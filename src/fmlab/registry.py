@@ -37,7 +37,13 @@ class Method:
         return getattr(importlib.import_module(mod), fn)
 
 
-METHODS: tuple[Method, ...] = ()
+METHODS: tuple[Method, ...] = (
+    Method(
+        name="param-delta",
+        package="fmlab.param_delta",
+        summary="ParamΔ: transfer post-training to an updated base by weight arithmetic.",
+    ),
+)
 
 
 def get_method(name: str) -> Method:

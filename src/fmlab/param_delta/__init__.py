@@ -1,0 +1,22 @@
+"""ParamΔ: transfer post-training to an updated base by weight arithmetic, with no training.
+
+Θ_ParamΔ = Θ'_base + α·(Θ_post − Θ_base), streamed tensor by tensor over HF checkpoints.
+"""
+
+from fmlab.param_delta.delta import (
+    DeltaPlan,
+    ParamDeltaError,
+    diagnose,
+    param_delta,
+    param_delta_state_dict,
+    plan,
+)
+
+__all__ = [
+    "DeltaPlan",
+    "ParamDeltaError",
+    "diagnose",
+    "param_delta",
+    "param_delta_state_dict",
+    "plan",
+]

@@ -1,0 +1,127 @@
+"""`fmlab param-delta`: merge, diagnose, bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="ParamΔ: Θ'_base + α·(Θ_post − Θ_base), streamed over HF checkpoints.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+    add_completion=False,
+)
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def merge(
+    ctx: typer.Context,
+    post: str = typer.Option(None, help="post-trained (instruct) checkpoint dir or bundled name"),
+    base: str = typer.Option(None, help="the base that post was trained from"),
+    new_base: str = typer.Option(None, "--new-base", help="the updated base to transfer onto"),
+    out: Path = typer.Option(None, help="output directory (must not exist)"),
+    scale: float = typer.Option(1.0, help="α, the weight of the post-training delta"),
+    dtype: str = typer.Option(None, help="output dtype (default: the new base's per-tensor dtype)"),
+    compute_dtype: str = typer.Option("float32", help="float32 or float64 arithmetic"),
+    vocab_policy: str = typer.Option("error", help="error | shared-rows"),
+    max_shard_size: str = typer.Option("5GB", help="largest output shard"),
+    allow_pickle: bool = typer.Option(
+        False, help="accept .bin pickle inputs (loaded weights_only)"
+    ),
+    dry_run: bool = typer.Option(False, help="validate and print the plan; write nothing"),
+) -> None:
+    """Merge: write Θ'_base + α·(Θ_post − Θ_base) to --out (or run a subcommand)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [
+        f"--{n.replace('_', '-')}"
+        for n, v in (("post", post), ("base", base), ("new_base", new_base), ("out", out))
+        if v is None
+    ]
+    if missing and not (dry_run and out is None and len(missing) == 1):
+        typer.echo(ctx.get_help())
+        _fail(f"missing {', '.join(missing)}")
+    from fmlab.core.io import CheckpointError
+    from fmlab.param_delta import ParamDeltaError, param_delta
+
+    try:
+        m = param_delta(
+            post,
+            base,
+            new_base,
+            out if out is not None else Path("/nonexistent-dry-run"),
+            scale=scale,
+            dtype=dtype,
+            compute_dtype=compute_dtype,
+            vocab_policy=vocab_policy,
+            max_shard_size=max_shard_size,
+            allow_pickle=allow_pickle,
+            dry_run=dry_run,
+            progress=not dry_run,
+        )
+    except (ParamDeltaError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        _fail(str(e))
+    for note in m["notes"]:
+        typer.echo(f"note: {note}")
+    size_mb = m["output_bytes"] / 2**20
+    if dry_run:
+        typer.echo(f"dry run OK: {m['tensors']} tensors, {size_mb:.1f} MiB would be written")
+    else:
+        typer.echo(f"wrote {out}: {m['tensors']} tensors, {size_mb:.1f} MiB in {m['wall_s']:.1f} s")
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    post: str = typer.Option(..., help="post-trained checkpoint"),
+    base: str = typer.Option(..., help="its base"),
+    new_base: str = typer.Option(..., "--new-base", help="the updated base"),
+    top: int = typer.Option(20, help="rows to print (largest post-delta norm first); 0 for all"),
+    json_out: Path = typer.Option(None, "--json", help="write every row as JSON"),
+    allow_pickle: bool = typer.Option(False),
+) -> None:
+    """Per-tensor cosine(Δ_post, Δ_update) and norm ratios."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fmlab.core.io import CheckpointError, atomic_write_json
+    from fmlab.param_delta import ParamDeltaError, diagnose
+
+    try:
+        rows = diagnose(post, base, new_base, allow_pickle=allow_pickle)
+    except (ParamDeltaError, CheckpointError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if json_out is not None:
+        atomic_write_json(json_out, rows)
+    shown = sorted(rows, key=lambda r: -r["post_delta_norm"])
+    shown = shown[:top] if top else shown
+    t = Table(title=f"ParamΔ diagnose ({len(rows)} tensors)")
+    for c in (
+        "tensor",
+        "cos(Δpost,Δupd)",
+        "‖Δpost‖",
+        "‖Δupd‖",
+        "‖Δpost‖/‖Δupd‖",
+        "‖Δpost‖/‖Θbase‖",
+    ):
+        t.add_column(c, justify="right" if c != "tensor" else "left")
+    for r in shown:
+        t.add_row(
+            r["tensor"],
+            f"{r['cosine']:+.3f}",
+            f"{r['post_delta_norm']:.3g}",
+            f"{r['update_delta_norm']:.3g}",
+            f"{r['post_over_update']:.3g}",
+            f"{r['post_delta_over_base']:.3g}",
+        )
+    Console().print(t)
+    import statistics
+
+    cos = [r["cosine"] for r in rows if r["cosine"] == r["cosine"]]
+    if cos:
+        typer.echo(f"median cosine {statistics.median(cos):+.4f} over {len(cos)} tensors")
