@@ -127,15 +127,19 @@ def _scalars(d: dict) -> dict[str, float]:
 def report(
     results: Path = typer.Option(Path("docs/results"), help="directory of result records"),
     out: Path = typer.Option(Path("runs/report.md"), help="Markdown file to write"),
-    readme: Path | None = typer.Option(None, help="also regenerate this README's results table"),
+    readme: Path | None = typer.Option(
+        None, help="also regenerate this README's results table and the record blocks of docs/*.md"
+    ),
 ) -> None:
     """Gather every result record into one Markdown report with its plots."""
-    from fmlab.core.results import render_report, update_readme
+    from fmlab.core.results import render_report, update_doc_records, update_readme
 
     try:
         render_report(results, out)
         if readme is not None:
             update_readme(readme, results)
+            for doc in sorted((readme.parent / "docs").glob("*.md")):
+                update_doc_records(doc)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"wrote {out}" + (f" and the results table of {readme}" if readme else ""))

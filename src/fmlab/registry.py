@@ -42,6 +42,7 @@ METHODS: tuple[Method, ...] = (
         name="param-delta",
         package="fmlab.param_delta",
         summary="ParamΔ: transfer post-training to an updated base by weight arithmetic.",
+        quick_bench="fmlab.param_delta.bench:quick",
     ),
 )
 

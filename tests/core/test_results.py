@@ -82,3 +82,30 @@ def test_readme_results_table_is_generated_from_the_records():
     assert current == render_results_table(root / "docs" / "results", root).strip(), (
         "README results table is stale: run `fmlab report --readme README.md`"
     )
+
+
+def test_doc_record_blocks_are_generated_from_the_records():
+    from pathlib import Path
+
+    from fmlab.core.results import update_doc_records
+
+    root = Path(__file__).resolve().parents[2]
+    for doc in sorted((root / "docs").glob("*.md")):
+        assert update_doc_records(doc, write=False) == doc.read_text(), (
+            f"{doc.name} has a stale record block: run `fmlab report --readme README.md`"
+        )
+
+
+def test_update_doc_records(tmp_path):
+    from fmlab.core.results import update_doc_records
+
+    write_record(_record(), tmp_path / "results" / "r.json")
+    doc = tmp_path / "m.md"
+    doc.write_text("intro\n<!-- record: results/r.json -->\nold\n<!-- /record -->\nend\n")
+    text = update_doc_records(doc)
+    assert (
+        "old" not in text
+        and "| fmlab (ours) | 0.85 ± 0.05 | 12 |" in text
+        and text.endswith("end\n")
+    )
+    assert update_doc_records(doc) == text  # idempotent

@@ -64,7 +64,10 @@ def test_formula_exact_tied_and_loads_with_transformers(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert model.config.tie_word_embeddings
     manifest = json.loads((tmp_path / "out" / "param_delta_manifest.json").read_text())
-    assert manifest["scale"] == 1.0 and manifest["inputs"]["post (" + str(dirs["post"]) + ")"]["sha256"]
+    assert (
+        manifest["scale"] == 1.0
+        and manifest["inputs"]["post (" + str(dirs["post"]) + ")"]["sha256"]
+    )
     # the tied head got the delta exactly once: head == embedding == formula
     emb = model.model.embed_tokens.weight
     assert model.lm_head.weight.data_ptr() == emb.data_ptr()
@@ -95,9 +98,13 @@ def test_untied_head_and_mixed_tying(tmp_path):
     tied = _triplet(tmp_path / "tied")
     mixed = {"post": tied["post"], "base": tied["base"], "new": dirs["new"]}
     param_delta(mixed["post"], mixed["base"], mixed["new"], tmp_path / "out2")
-    o, p, b, n = (_load_all(x) for x in (tmp_path / "out2", tied["post"], tied["base"], dirs["new"]))
+    o, p, b, n = (
+        _load_all(x) for x in (tmp_path / "out2", tied["post"], tied["base"], dirs["new"])
+    )
     e = "model.embed_tokens.weight"
-    torch.testing.assert_close(o["lm_head.weight"], n["lm_head.weight"] + p[e] - b[e], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        o["lm_head.weight"], n["lm_head.weight"] + p[e] - b[e], atol=1e-6, rtol=0
+    )
 
 
 def test_dtype_follows_new_base_and_can_be_set(tmp_path):
@@ -132,7 +139,9 @@ def test_missing_tensor_is_named(tmp_path):
     del sd["model.layers.1.self_attn.q_proj.weight"]
     (dirs["post"] / "model.safetensors").unlink()
     save_file(sd, str(dirs["post"] / "model.safetensors"))
-    with pytest.raises(ParamDeltaError, match=r"model\.layers\.1\.self_attn\.q_proj\.weight.*missing from post"):
+    with pytest.raises(
+        ParamDeltaError, match=r"model\.layers\.1\.self_attn\.q_proj\.weight.*missing from post"
+    ):
         param_delta(dirs["post"], dirs["base"], dirs["new"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -145,9 +154,17 @@ def test_vocab_mismatch_error_and_shared_rows(tmp_path):
     with pytest.raises(ParamDeltaError, match="vocabulary mismatch.*shared-rows"):
         param_delta(dirs["post"], dirs["base"], tmp_path / "new_big", tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    m = param_delta(dirs["post"], dirs["base"], tmp_path / "new_big", tmp_path / "out", vocab_policy="shared-rows")
+    m = param_delta(
+        dirs["post"],
+        dirs["base"],
+        tmp_path / "new_big",
+        tmp_path / "out",
+        vocab_policy="shared-rows",
+    )
     assert any("shared rows" in n for n in m["notes"])
-    o, p, b, n = (_load_all(x) for x in (tmp_path / "out", dirs["post"], dirs["base"], tmp_path / "new_big"))
+    o, p, b, n = (
+        _load_all(x) for x in (tmp_path / "out", dirs["post"], dirs["base"], tmp_path / "new_big")
+    )
     e = "model.embed_tokens.weight"
     torch.testing.assert_close(o[e][:V], n[e][:V] + p[e] - b[e], atol=1e-6, rtol=0)
     assert torch.equal(o[e][V:], n[e][V:])  # the new base's extra rows are kept
@@ -195,7 +212,15 @@ def test_diagnose_cosines(tmp_path):
 def test_cli_merge_diagnose_and_errors(tmp_path):
     dirs = _triplet(tmp_path)
     runner = CliRunner()
-    args = ["param-delta", "--post", str(dirs["post"]), "--base", str(dirs["base"]), "--new-base", str(dirs["new"])]
+    args = [
+        "param-delta",
+        "--post",
+        str(dirs["post"]),
+        "--base",
+        str(dirs["base"]),
+        "--new-base",
+        str(dirs["new"]),
+    ]
     res = runner.invoke(app, [*args, "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "dry run OK" in res.output and not (tmp_path / "out").exists()
@@ -204,7 +229,9 @@ def test_cli_merge_diagnose_and_errors(tmp_path):
     _assert_formula(tmp_path / "out", dirs, scale=0.5)
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "already exists" in res.output
-    res = runner.invoke(app, ["param-delta", "diagnose", *args[1:], "--json", str(tmp_path / "d.json")])
+    res = runner.invoke(
+        app, ["param-delta", "diagnose", *args[1:], "--json", str(tmp_path / "d.json")]
+    )
     assert res.exit_code == 0, res.output
     assert "median cosine" in res.output
     assert len(json.loads((tmp_path / "d.json").read_text())) == len(_load_all(dirs["new"]))

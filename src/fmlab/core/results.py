@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "peak_rss_mb",
     "render_report",
     "render_results_table",
+    "update_doc_records",
     "update_readme",
     "write_record",
 ]
@@ -340,4 +342,27 @@ def update_readme(readme: str | os.PathLike, results_dir: str | os.PathLike) -> 
     table = render_results_table(results_dir, readme.parent)
     new = f"{head}{README_START}\n{table}\n{README_END}{tail}"
     atomic_write_text(readme, new)
+    return new
+
+
+_RECORD_BLOCK = re.compile(
+    r"(<!-- record: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /record -->)", re.S
+)
+
+
+def update_doc_records(doc: str | os.PathLike, write: bool = True) -> str:
+    """Regenerate every ``<!-- record: REL.json -->`` ... ``<!-- /record -->`` block of a doc
+    page from the record it names (path relative to the page)."""
+    doc = Path(doc)
+    text = doc.read_text(encoding="utf-8")
+
+    def sub(m: re.Match) -> str:
+        rec_path = doc.parent / m.group("path")
+        d = load_record(rec_path)
+        body = render_record(d, os.path.relpath(rec_path.parent, doc.parent))
+        return f"{m.group(1)}{body}\n{m.group(4)}"
+
+    new = _RECORD_BLOCK.sub(sub, text)
+    if write and new != text:
+        atomic_write_text(doc, new)
     return new

@@ -45,6 +45,7 @@ from fmlab.core.io import (
 
 __all__ = [
     "BlockSampler",
+    "TensorSampler",
     "TrainConfig",
     "TrainResult",
     "causal_lm_loss",
@@ -135,6 +136,42 @@ class BlockSampler:
         idx = torch.randint(len(self.blocks), (batch_size,), generator=g)
         b = self.blocks[idx]
         return {"input_ids": b[:, :-1], "labels": b[:, 1:]}
+
+
+@dataclass
+class TensorSampler:
+    """Random batches of aligned ``(N, T)`` ``input_ids`` and ``labels`` (e.g. chat SFT data
+    from :func:`fmlab.core.data.encode_chat_sft`), a pure function of (seed, step, micro, rank)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    seed: int = 0
+
+    def __post_init__(self):
+        if (
+            self.input_ids.shape != self.labels.shape
+            or self.input_ids.ndim != 2
+            or len(self.input_ids) == 0
+        ):
+            raise ValueError(
+                f"input_ids and labels must be equal non-empty (N, T) tensors, got "
+                f"{tuple(self.input_ids.shape)} and {tuple(self.labels.shape)}"
+            )
+
+    def batch(self, step: int, micro: int, rank: int, world: int, batch_size: int) -> dict:
+        idx = torch.randint(
+            len(self.input_ids),
+            (batch_size,),
+            generator=_batch_generator(self.seed, step, micro, rank),
+        )
+        return {"input_ids": self.input_ids[idx], "labels": self.labels[idx]}
+
+
+def _batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    key = f"{seed}:{step}:{micro}:{rank}".encode()
+    return torch.Generator().manual_seed(
+        int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1
+    )
 
 
 def causal_lm_loss(model, batch: dict) -> torch.Tensor:

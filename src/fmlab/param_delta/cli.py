@@ -35,6 +35,9 @@ def merge(
         False, help="accept .bin pickle inputs (loaded weights_only)"
     ),
     dry_run: bool = typer.Option(False, help="validate and print the plan; write nothing"),
+    hash_inputs: bool = typer.Option(
+        True, "--hash/--no-hash", help="SHA-256 of every input file in the manifest"
+    ),
 ) -> None:
     """Merge: write Θ'_base + α·(Θ_post − Θ_base) to --out (or run a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -125,3 +128,49 @@ def diagnose_cmd(
     cos = [r["cosine"] for r in rows if r["cosine"] == r["cosine"]]
     if cos:
         typer.echo(f"median cosine {statistics.median(cos):+.4f} over {len(cos)} tensors")
+
+
+@app.command("bench")
+def bench_cmd(
+    out: Path = typer.Option(
+        Path("docs/results/param_delta"), help="where transfer.json and plots go"
+    ),
+    quick: bool = typer.Option(
+        False, help="one seed, tiny budgets (about a minute; claims nothing)"
+    ),
+    seeds: int = typer.Option(3, help="number of seeds (full run)"),
+) -> None:
+    """Reproduce the transfer claim on tiny models trained here (ParamΔ vs oracle and baselines)."""
+    from fmlab.param_delta.bench import TransferConfig, run_transfer
+
+    cfg = TransferConfig.quick() if quick else TransferConfig(seeds=tuple(range(seeds)))
+    rec = run_transfer(out, cfg)
+    m = rec.metrics
+    typer.echo(
+        f"ParamΔ: instruction_acc {m['instruction_acc']['mean']:.3f}, new_knowledge_acc "
+        f"{m['new_knowledge_acc']['mean']:.3f}, over oracle {m['paramdelta_over_oracle']['mean']:.3f} "
+        f"± {m['paramdelta_over_oracle']['std']:.3f}; wrote {out / 'transfer.json'}"
+    )
+
+
+@app.command("speed-bench")
+def speed_bench_cmd(
+    out: Path = typer.Option(
+        Path("docs/results/param_delta"), help="where speed.json and plots go"
+    ),
+    inputs: str = typer.Option("smollm2,random-1b", help="comma-separated: smollm2, random-1b"),
+    work: Path = typer.Option(
+        None, help="scratch directory for the generated checkpoints (needs ~12 GB)"
+    ),
+) -> None:
+    """Time and peak memory against mergekit task_arithmetic (needs: pip install -e '.[bench]')."""
+    from fmlab.param_delta.speed import run_speed
+
+    rec = run_speed(
+        out, tuple(x.strip() for x in inputs.split(",") if x.strip()), str(work) if work else None
+    )
+    m = rec.metrics
+    typer.echo(
+        f"fmlab {m['fmlab_wall_s']:.1f} s / {m['fmlab_peak_rss_mb']:.0f} MiB; mergekit {m['mergekit_wall_s']:.1f} s / "
+        f"{m['mergekit_peak_rss_mb']:.0f} MiB; max |diff| {m['max_abs_diff']:.2e}; wrote {out / 'speed.json'}"
+    )

@@ -24,6 +24,7 @@ __all__ = [
     "CORPORA",
     "Document",
     "code_documents",
+    "encode_chat_sft",
     "load_corpus",
     "pack_documents",
     "prose_documents",
@@ -207,3 +208,32 @@ def unigram_entropy(blocks: torch.Tensor, vocab_size: int) -> float:
     counts = torch.bincount(blocks.reshape(-1), minlength=vocab_size).double()
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log()).sum())
+
+
+def encode_chat_sft(
+    tokenizer, pairs: Sequence[tuple[str, str]], max_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-format (user, assistant) pairs as right-padded ``(N, T)`` inputs and shifted labels.
+
+    ``labels[i, t]`` is the token after ``input_ids[i, t]`` when that token belongs to the
+    assistant's reply (including its end-of-turn token), else -100, so the loss trains only
+    the reply. Batches from :class:`fmlab.core.train.TensorSampler` feed ``causal_lm_loss``.
+    """
+    rows: list[tuple[list[int], int]] = []
+    for user, reply in pairs:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+        )
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((p_ids + r_ids, len(p_ids)))
+    width = max(len(ids) for ids, _ in rows)
+    if max_len is not None and width > max_len:
+        raise ValueError(f"a chat example has {width} tokens, more than max_len={max_len}")
+    pad = tokenizer.pad_token_id
+    x = torch.full((len(rows), width), pad, dtype=torch.long)
+    y = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(rows):
+        x[i, : len(ids)] = torch.tensor(ids)
+        y[i, n_prompt - 1 : len(ids) - 1] = torch.tensor(ids[n_prompt:])
+    return x, y

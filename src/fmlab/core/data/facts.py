@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["RELATIONS", "Fact", "FactWorld", "make_fact_world"]
+__all__ = ["RELATIONS", "STATEMENT_VARIANTS", "Fact", "FactWorld", "make_fact_world"]
 
 # relation -> (statement template, question template, possible values)
 RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -48,6 +48,35 @@ RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
+# Paraphrases of each relation's statement: knowledge seen in several surface forms is what lets
+# a model later answer questions about it (knowledge augmentation, Allen-Zhu & Li 2023).
+STATEMENT_VARIANTS: dict[str, tuple[str, ...]] = {
+    "city": (
+        "{e} lives in {v}.",
+        "The home of {e} is {v}.",
+        "{e} has a house in {v}.",
+        "In {v} lives {e}.",
+    ),
+    "color": (
+        "The favourite colour of {e} is {v}.",
+        "{e} likes the colour {v} best.",
+        "{e} loves {v} more than any other colour.",
+        "Of all colours, {e} prefers {v}.",
+    ),
+    "job": (
+        "{e} works as a {v}.",
+        "By profession, {e} is a {v}.",
+        "{e} earns a living as a {v}.",
+        "The job of {e} is {v}.",
+    ),
+    "pet": (
+        "{e} owns a {v}.",
+        "{e} has a pet {v}.",
+        "At home, {e} keeps a {v}.",
+        "The pet of {e} is a {v}.",
+    ),
+}
+
 _ONSETS = [
     "b",
     "d",
@@ -78,8 +107,15 @@ class Fact:
     relation: str
     value: str
 
-    def statement(self) -> str:
-        return RELATIONS[self.relation][0].format(e=self.entity, v=self.value)
+    def statement(self, variant: int = 0) -> str:
+        """The fact as a sentence; ``variant`` picks one of the paraphrases (modulo their count)."""
+        forms = STATEMENT_VARIANTS[self.relation]
+        return forms[variant % len(forms)].format(e=self.entity, v=self.value)
+
+    def prefix(self) -> str:
+        """The first paraphrase with the value cut off ("X lives in"), for cloze prompts."""
+        template = STATEMENT_VARIANTS[self.relation][0]
+        return template.split("{v}")[0].format(e=self.entity).rstrip()
 
     def question(self) -> str:
         return RELATIONS[self.relation][1].format(e=self.entity)
