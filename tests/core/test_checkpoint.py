@@ -39,9 +39,11 @@ def test_stream_writer_matches_safetensors(tmp_path):
 
 def test_stream_writer_refuses_wrong_tensor_and_incomplete(tmp_path):
     specs = [TensorSpec("a", torch.float32, (2,)), TensorSpec("b", torch.float32, (2,))]
-    with pytest.raises(ValueError, match="expected a"):
-        with SafetensorsStreamWriter(tmp_path / "x.safetensors", specs) as w:
-            w.write("a", torch.zeros(3))
+    with (
+        pytest.raises(ValueError, match="expected a"),
+        SafetensorsStreamWriter(tmp_path / "x.safetensors", specs) as w,
+    ):
+        w.write("a", torch.zeros(3))
     w = SafetensorsStreamWriter(tmp_path / "y.safetensors", specs)
     w.write("a", torch.zeros(2))
     with pytest.raises(ValueError, match="never written"):

@@ -151,7 +151,7 @@ def test_vocab_mismatch_error_and_shared_rows(tmp_path):
     big = build_model("llama-tiny", V + 20, seed=0)
     _perturb(big, 3)
     big.save_pretrained(tmp_path / "new_big")
-    with pytest.raises(ParamDeltaError, match="vocabulary mismatch.*shared-rows"):
+    with pytest.raises(ParamDeltaError, match=r"vocabulary mismatch.*shared-rows"):
         param_delta(dirs["post"], dirs["base"], tmp_path / "new_big", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     m = param_delta(

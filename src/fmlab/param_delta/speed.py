@@ -89,10 +89,7 @@ def _write_random_llama(
         for k, s in enumerate(specs):
             g = torch.Generator().manual_seed(seed * 100_003 + k)
             t = torch.randn(s.shape, generator=g)
-            if src is not None:
-                t = src.get(s.name).float() + 0.01 * t
-            else:
-                t = t * 0.02
+            t = src.get(s.name).float() + 0.01 * t if src is not None else t * 0.02
             yield s.name, t.to(dtype)
 
     out.mkdir(parents=True)
@@ -163,7 +160,7 @@ def _max_abs_diff(a: Path, b: Path) -> float:
 
 def _largest_tensor_bytes(d: Path) -> int:
     src = TensorSource.open(d)
-    return max(src.spec(k).nbytes for k in src.keys())
+    return max(src.spec(k).nbytes for k in src)
 
 
 def _bench_one(kind: str, root: Path, log) -> dict:
