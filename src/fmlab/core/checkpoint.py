@@ -90,6 +90,12 @@ class TensorSource:
     def __contains__(self, key: str) -> bool:
         return key in self._specs
 
+    def __iter__(self):
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
     def spec(self, key: str) -> TensorSpec:
         return self._specs[key]
 
