@@ -50,30 +50,32 @@ CLAIM = (
     "on the updated base (paper: ~95%), while Θ_post lacks the new knowledge and Θ'_base the "
     "instruction skill."
 )
-_FORMAT = re.compile(r"Answer:\s*([A-Za-z]+)\.?")
 
 
 @dataclass
 class TransferConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
-    n_entities: int = 80
+    n_entities: int = 48
     vocab: int = 1024
     model: str = "llama-small"
     seq_len: int = 128
     batch_size: int = 16
-    pretrain_steps: int = 1500
-    update_steps: tuple[int, ...] = (200, 800)  # update distances, along one continued run
-    sft_steps: int = 300
+    pretrain_steps: int = 1000
+    update_steps: tuple[int, ...] = (250, 500, 1000)  # update distances, along one continued run
+    sft_steps: int = 150
     docs_per_entity: int = 8
     pretrain_lr: float = 3e-3
-    sft_lr: float = 1e-3
+    sft_lr: float = 3e-4
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
     sft_fraction_of_a: float = 0.6  # A entities used for SFT; the rest are held out
+    sft_prose_examples: int = 300  # generic concise-style examples from prose
     prose_chars: int = 30_000  # general text mixed into (continued) pretraining
     qa_text: bool = (
         False  # plain "Q:/A:" text about the SFT entities in pretraining (mixed training)
     )
-    prompt_style: str = "cloze"  # "cloze": "Complete: X lives in"; "question": "Where does X live?"
+    # "concise": completion-style post-training, "X lives in" -> " Lima." and stop (the default;
+    # docs/param_delta.md says why); "question": chat template, "Where does X live?" -> "Answer: Lima"
+    prompt_style: str = "concise"
 
     @classmethod
     def quick(cls) -> TransferConfig:
@@ -172,27 +174,60 @@ def _train_cfg(steps: int, lr: float, cfg: TransferConfig, seed: int) -> TrainCo
     )
 
 
-def _reply(f: Fact) -> str:
-    return f"Answer: {f.value}"
+STYLES = ("concise", "question")
 
 
 def _prompt(f: Fact, style: str) -> str:
-    if style == "cloze":
-        return f"Complete: {f.prefix()}"
+    if style == "concise":
+        return f.prefix()
     if style == "question":
         return f.question()
-    raise ValueError(f"unknown prompt_style {style!r}; choose one of: cloze, question")
+    raise ValueError(f"unknown prompt_style {style!r}; choose one of: {', '.join(STYLES)}")
+
+
+def _reply(f: Fact, style: str) -> str:
+    """The reply post-training teaches: " value." then stop (concise) or "Answer: value" (question).
+
+    In the concise style the value is generated in the same context as in pretraining, and the
+    taught behaviour is to answer with exactly that word and end the turn, where a base model
+    rambles on.
+    """
+    return f" {f.value}." if style == "concise" else f"Answer: {f.value}"
+
+
+def _parse(style: str, out: str) -> str | None:
+    """The value if ``out`` has exactly the taught format, else None."""
+    pattern = r"([A-Za-z]+)\." if style == "concise" else r"Answer:\s*([A-Za-z]+)\.?"
+    m = re.fullmatch(pattern, out.strip())
+    return m.group(1) if m else None
+
+
+def _prose_instructions(docs: list[Document], n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """Generic post-training data for the concise style: a prose fragment -> " next." + stop.
+
+    Post-training data is broad, not about the facts: this teaches the behaviour on thousands
+    of fragments, so it does not hinge on the few entities in the fact examples.
+    """
+    words = [w for d in docs for w in d.text.split()]
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        i = rng.randrange(len(words) - 16)
+        k = rng.randint(3, 12)
+        nxt = words[i + k]
+        if nxt.isalpha():
+            pairs.append((" ".join(words[i : i + k]), f" {nxt}."))
+    return pairs
 
 
 def _evaluate(model, tok, facts: list[Fact], style: str) -> dict[str, float]:
     """Greedy replies to each fact's prompt: format compliance and correct answers."""
-    outs = generate(model, tok, [_prompt(f, style) for f in facts], max_new_tokens=8, batch_size=64)
-    fmt = correct = 0
-    for f, o in zip(facts, outs, strict=True):
-        m = _FORMAT.fullmatch(o.strip())
-        fmt += m is not None
-        correct += m is not None and m.group(1) == f.value
-    return {"format": fmt / len(facts), "correct": correct / len(facts)}
+    prompts = [_prompt(f, style) for f in facts]
+    outs = generate(model, tok, prompts, max_new_tokens=10, chat=style == "question", batch_size=64)
+    values = [_parse(style, o) for o in outs]
+    return {
+        "format": sum(v is not None for v in values) / len(facts),
+        "correct": sum(v == f.value for f, v in zip(facts, values, strict=True)) / len(facts),
+    }
 
 
 def _raw_knowledge(model, tok, facts: list[Fact]) -> float:
@@ -200,7 +235,9 @@ def _raw_knowledge(model, tok, facts: list[Fact]) -> float:
     outs = generate(
         model, tok, [f.prefix() for f in facts], max_new_tokens=4, chat=False, batch_size=64
     )
-    return sum(o.split()[:1] == [f.value] for f, o in zip(facts, outs, strict=True)) / len(facts)
+    return sum(
+        re.findall(r"[A-Za-z]+", o)[:1] == [f.value] for f, o in zip(facts, outs, strict=True)
+    ) / len(facts)
 
 
 def _score(model, tok, w: _World, style: str) -> dict[str, float]:
@@ -238,7 +275,10 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
     )
     pre = _blocks(tok, w.prose_train + w.docs_a, cfg.seq_len, seed)
     upd = _blocks(tok, w.prose_train + w.docs_a + w.docs_b, cfg.seq_len, seed + 1)
-    sft_data = encode_chat_sft(tok, [(_prompt(f, cfg.prompt_style), _reply(f)) for f in w.a_sft])
+    sft_pairs = [(_prompt(f, cfg.prompt_style), _reply(f, cfg.prompt_style)) for f in w.a_sft]
+    if cfg.prompt_style == "concise":
+        sft_pairs += _prose_instructions(w.prose_train, cfg.sft_prose_examples, random.Random(seed))
+    sft_data = encode_chat_sft(tok, sft_pairs, chat=cfg.prompt_style == "question")
     times: dict[str, float] = {}
 
     with Timer() as t:

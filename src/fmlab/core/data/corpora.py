@@ -211,19 +211,23 @@ def unigram_entropy(blocks: torch.Tensor, vocab_size: int) -> float:
 
 
 def encode_chat_sft(
-    tokenizer, pairs: Sequence[tuple[str, str]], max_len: int | None = None
+    tokenizer, pairs: Sequence[tuple[str, str]], max_len: int | None = None, chat: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-format (user, assistant) pairs as right-padded ``(N, T)`` inputs and shifted labels.
+    """(prompt, reply) pairs as right-padded ``(N, T)`` inputs and shifted labels.
 
+    With ``chat`` the prompt is wrapped in the chat template as the user's turn; without it the
+    reply follows the prompt text directly (completion-style post-training).
     ``labels[i, t]`` is the token after ``input_ids[i, t]`` when that token belongs to the
-    assistant's reply (including its end-of-turn token), else -100, so the loss trains only
-    the reply. Batches from :class:`fmlab.core.train.TensorSampler` feed ``causal_lm_loss``.
+    reply (including the end-of-turn token), else -100, so the loss trains only the reply.
+    Batches from :class:`fmlab.core.train.TensorSampler` feed ``causal_lm_loss``.
     """
     rows: list[tuple[list[int], int]] = []
     for user, reply in pairs:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
-        )
+        prompt = user
+        if chat:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+            )
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         r_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append((p_ids + r_ids, len(p_ids)))
