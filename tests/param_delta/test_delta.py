@@ -237,3 +237,40 @@ def test_cli_merge_diagnose_and_errors(tmp_path):
     assert len(json.loads((tmp_path / "d.json").read_text())) == len(_load_all(dirs["new"]))
     res = runner.invoke(app, ["param-delta", "--post", str(dirs["post"])])
     assert res.exit_code == 2 and "--base" in res.output
+
+
+@pytest.mark.slow
+def test_matches_mergekit_task_arithmetic(tmp_path):
+    """Same inputs through mergekit's task_arithmetic (normalize false): same tensors."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mk = Path(sys.executable).parent / "mergekit-yaml"
+    if not mk.exists():
+        pytest.skip("mergekit not installed (pip install -e '.[bench]')")
+    dirs = _triplet(tmp_path, tie=False)
+    cfg = tmp_path / "mk.yml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": str(dirs["base"]),
+                "models": [
+                    {"model": str(dirs["post"]), "parameters": {"weight": 1.0}},
+                    {"model": str(dirs["new"]), "parameters": {"weight": 1.0}},
+                ],
+                "parameters": {"normalize": False},
+                "dtype": "float32",
+            }
+        )
+    )
+    p = subprocess.run(
+        [str(mk), str(cfg), str(tmp_path / "mk_out"), "--quiet"], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    param_delta(dirs["post"], dirs["base"], dirs["new"], tmp_path / "ours")
+    ours, theirs = _load_all(tmp_path / "ours"), _load_all(tmp_path / "mk_out")
+    assert set(ours) == set(theirs)
+    for k in ours:
+        assert (ours[k] - theirs[k]).abs().max().item() <= 1e-6, k
