@@ -171,6 +171,18 @@ def test_vocab_mismatch_error_and_shared_rows(tmp_path):
     AutoModelForCausalLM.from_pretrained(tmp_path / "out")
 
 
+def test_shared_rows_when_every_vocabulary_differs():
+    base = build_model("llama-tiny", V, seed=0).state_dict()
+    post = build_model("llama-tiny", V + 5, seed=1).state_dict()  # post added chat tokens
+    new = build_model("llama-tiny", V + 9, seed=2).state_dict()
+    out = param_delta_state_dict(post, base, new, vocab_policy="shared-rows")
+    e = "model.embed_tokens.weight"
+    torch.testing.assert_close(out[e][:V], new[e][:V] + post[e][:V] - base[e], atol=1e-6, rtol=0)
+    assert torch.equal(out[e][V:], new[e][V:])
+    k = "model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(out[k], new[k] + post[k] - base[k], atol=1e-6, rtol=0)
+
+
 def test_corrupt_input_existing_output_and_pickle(tmp_path):
     dirs = _triplet(tmp_path)
     (tmp_path / "exists").mkdir()

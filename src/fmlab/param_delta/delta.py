@@ -194,6 +194,12 @@ def plan(
     return DeltaPlan(entries, notes)
 
 
+def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype`` as a tensor we may modify (the source may be a caller's state dict)."""
+    x = t.to(dtype)
+    return x.clone() if x.data_ptr() == t.data_ptr() else x
+
+
 def _compute(
     e: Entry,
     post: TensorSource,
@@ -202,16 +208,21 @@ def _compute(
     scale: float,
     compute: torch.dtype,
 ) -> torch.Tensor:
-    # copies: the sources may be a caller's state dict, which must not change under it
-    new = new_base.get(e.new_key).to(compute, copy=True)
-    p = post.get(e.post_key).to(compute, copy=True)
-    b = base.get(e.base_key).to(compute)
+    """One output tensor. Peak memory: two tensors in ``compute`` dtype plus one input and
+    the output in their own dtypes."""
+    out = _owned(new_base.get(e.new_key), compute)
+    p, b = post.get(e.post_key), base.get(e.base_key)
+    if e.shared_rows is not None:  # vocabulary policy: only the rows all three share
+        p, b = p[: e.shared_rows], b[: e.shared_rows]
+    delta = _owned(p, compute)
+    del p
+    delta.sub_(b)  # promotes the base tensor on the fly
+    del b
     if e.shared_rows is None:
-        out = new.add_(p.sub_(b), alpha=scale)
+        out.add_(delta, alpha=scale)
     else:
-        n = e.shared_rows
-        new[:n].add_(p[:n].sub_(b[:n]), alpha=scale)
-        out = new
+        out[: e.shared_rows].add_(delta, alpha=scale)
+    del delta
     return out.to(e.out.dtype)
 
 
