@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
+from fmlab.core.cliutil import fail
 from fmlab.registry import METHODS
 
 
@@ -24,6 +25,7 @@ class _LazyMethods(TyperGroup):
         for m in METHODS:
             if m.name == name:
                 sub = typer.main.get_command(m.load_app())
+                sub.name = m.name
                 sub.help = sub.help or m.summary
                 sub.short_help = m.summary
                 return sub
@@ -38,11 +40,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -141,7 +138,7 @@ def report(
             for doc in sorted((readme.parent / "docs").glob("*.md")):
                 update_doc_records(doc)
     except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"wrote {out}" + (f" and the results table of {readme}" if readme else ""))
 
 

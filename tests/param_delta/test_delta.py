@@ -258,25 +258,14 @@ def test_matches_mergekit_task_arithmetic(tmp_path):
     import sys
     from pathlib import Path
 
+    from fmlab.param_delta.speed import mergekit_config
+
     mk = Path(sys.executable).parent / "mergekit-yaml"
     if not mk.exists():
         pytest.skip("mergekit not installed (pip install -e '.[bench]')")
     dirs = _triplet(tmp_path, tie=False)
     cfg = tmp_path / "mk.yml"
-    cfg.write_text(
-        json.dumps(
-            {
-                "merge_method": "task_arithmetic",
-                "base_model": str(dirs["base"]),
-                "models": [
-                    {"model": str(dirs["post"]), "parameters": {"weight": 1.0}},
-                    {"model": str(dirs["new"]), "parameters": {"weight": 1.0}},
-                ],
-                "parameters": {"normalize": False},
-                "dtype": "float32",
-            }
-        )
-    )
+    cfg.write_text(json.dumps(mergekit_config(dirs["post"], dirs["base"], dirs["new"])))
     p = subprocess.run(
         [str(mk), str(cfg), str(tmp_path / "mk_out"), "--quiet"], capture_output=True, text=True
     )

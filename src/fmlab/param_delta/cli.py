@@ -6,17 +6,14 @@ from pathlib import Path
 
 import typer
 
+from fmlab.core.cliutil import fail
+
 app = typer.Typer(
     help="ParamΔ: Θ'_base + α·(Θ_post − Θ_base), streamed over HF checkpoints.",
     invoke_without_command=True,
     no_args_is_help=False,
     add_completion=False,
 )
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.callback()
@@ -49,7 +46,7 @@ def merge(
     ]
     if missing and not (dry_run and out is None and len(missing) == 1):
         typer.echo(ctx.get_help())
-        _fail(f"missing {', '.join(missing)}")
+        fail(f"missing {', '.join(missing)}")
     from fmlab.core.io import CheckpointError
     from fmlab.param_delta import ParamDeltaError, param_delta
 
@@ -69,7 +66,7 @@ def merge(
             progress=not dry_run,
         )
     except (ParamDeltaError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     for note in m["notes"]:
         typer.echo(f"note: {note}")
     size_mb = m["output_bytes"] / 2**20
@@ -98,7 +95,7 @@ def diagnose_cmd(
     try:
         rows = diagnose(post, base, new_base, allow_pickle=allow_pickle)
     except (ParamDeltaError, CheckpointError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if json_out is not None:
         atomic_write_json(json_out, rows)
     shown = sorted(rows, key=lambda r: -r["post_delta_norm"])

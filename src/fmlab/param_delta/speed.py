@@ -29,7 +29,7 @@ from fmlab.core.checkpoint import TensorSource, TensorSpec, write_sharded
 from fmlab.core.models import llama_config
 from fmlab.core.results import ResultRecord, Timer, bar_plot, write_record
 
-__all__ = ["measure", "run_speed"]
+__all__ = ["measure", "mergekit_config", "run_speed"]
 
 CLAIM = (
     "Streaming ParamΔ gives the same tensors as mergekit's task_arithmetic while its peak memory "
@@ -145,6 +145,20 @@ def _make_inputs(kind: str, root: Path) -> tuple[dict[str, Path], str]:
     raise ValueError(f"unknown input kind {kind!r}; choose one of: smollm2, random-1b")
 
 
+def mergekit_config(post: Path, base: Path, new_base: Path, dtype: str = "float32") -> dict:
+    """mergekit's recipe equal to ParamΔ: task_arithmetic with weight 1 each, no normalization."""
+    return {
+        "merge_method": "task_arithmetic",
+        "base_model": str(base),
+        "models": [
+            {"model": str(post), "parameters": {"weight": 1.0}},
+            {"model": str(new_base), "parameters": {"weight": 1.0}},
+        ],
+        "parameters": {"normalize": False},
+        "dtype": dtype,
+    }
+
+
 def _dir_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.glob("*.safetensors"))
 
@@ -187,19 +201,8 @@ def _bench_one(kind: str, root: Path, log) -> dict:
     log(f"{kind}: fmlab {fm['wall_s']:.1f} s, {fm['peak_rss_mb']:.0f} MiB")
     mk_cfg = root / "mergekit.yml"
     mk_cfg.write_text(
-        json.dumps(
-            {
-                "merge_method": "task_arithmetic",
-                "base_model": str(dirs["base"]),
-                "models": [
-                    {"model": str(dirs["post"]), "parameters": {"weight": 1.0}},
-                    {"model": str(dirs["new"]), "parameters": {"weight": 1.0}},
-                ],
-                "parameters": {"normalize": False},
-                "dtype": dtype,
-            }
-        )
-    )  # JSON is valid YAML
+        json.dumps(mergekit_config(dirs["post"], dirs["base"], dirs["new"], dtype))
+    )  # JSON is YAML
     mk_bin = bin_dir / "mergekit-yaml"
     if not mk_bin.exists():
         raise FileNotFoundError(
@@ -261,26 +264,20 @@ def run_speed(
         },
     }
     metrics.update({"wall_s": big["fmlab_wall_s"], "peak_rss_mb": big["fmlab_peak_rss_mb"]})
-    bar_plot(
-        out / "speed_rss.png",
-        {
-            f"{tool} {kind}": rows[kind][f"{tool}_peak_rss_mb"]
-            for kind in kinds
-            for tool in ("fmlab", "mergekit")
-        },
-        "peak RSS (MiB)",
-        "Peak memory: fmlab param-delta vs mergekit task_arithmetic",
-    )
-    bar_plot(
-        out / "speed_wall.png",
-        {
-            f"{tool} {kind}": rows[kind][f"{tool}_wall_s"]
-            for kind in kinds
-            for tool in ("fmlab", "mergekit")
-        },
-        "wall time (s)",
-        "Wall time: fmlab param-delta vs mergekit task_arithmetic",
-    )
+    for key, fname, label in (
+        ("peak_rss_mb", "speed_rss.png", "peak RSS (MiB)"),
+        ("wall_s", "speed_wall.png", "wall time (s)"),
+    ):
+        bar_plot(
+            out / fname,
+            {
+                f"{tool} {kind}": rows[kind][f"{tool}_{key}"]
+                for kind in kinds
+                for tool in ("fmlab", "mergekit")
+            },
+            label,
+            f"{label}: fmlab param-delta vs mergekit task_arithmetic",
+        )
     import transformers
 
     rec = ResultRecord(
