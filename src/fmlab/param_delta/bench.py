@@ -17,6 +17,8 @@ seen in SFT (instruction skill on known knowledge), ``new_knowledge_acc`` on que
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import statistics
@@ -37,6 +39,7 @@ from fmlab.core.data import (
 )
 from fmlab.core.data.facts import Fact
 from fmlab.core.evaluate import generate
+from fmlab.core.io import atomic_write_json, read_json
 from fmlab.core.models import build_model, train_bpe_tokenizer
 from fmlab.core.results import ResultRecord, Timer, line_plot, mean_std, peak_rss_mb, write_record
 from fmlab.core.train import BlockSampler, TensorSampler, TrainConfig, train
@@ -321,15 +324,17 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
             with Timer() as t:
                 param_delta(work / "post", work / "base", nb, dst, scale=a)
             times[f"merge_{d}_a{a}_s"] = t.s
-            row["alpha"][a] = _score(_load(dst), tok, w, cfg.prompt_style)
+            row["alpha"][str(a)] = _score(_load(dst), tok, w, cfg.prompt_style)
         cos = [
             r["cosine"]
             for r in diagnose(work / "post", work / "base", nb)
             if r["cosine"] == r["cosine"]
         ]
         row["delta_cosine_median"] = statistics.median(cos)
-        out["distances"][d] = row
-        log(f"seed {seed} distance {d}: paramdelta {row['alpha'].get(1.0)} oracle {row['oracle']}")
+        out["distances"][str(d)] = row
+        log(
+            f"seed {seed} distance {d}: paramdelta {row['alpha'].get('1.0')} oracle {row['oracle']}"
+        )
     return out
 
 
@@ -338,52 +343,69 @@ def _agg(per_seed: list[dict]) -> dict:
     return {k: mean_std([s[k] for s in per_seed]) for k in per_seed[0]}
 
 
-def run_transfer(out_dir: str | Path, cfg: TransferConfig | None = None, log=print) -> ResultRecord:
-    """Run every seed, write ``transfer.json`` and plots under ``out_dir``; return the record."""
+def _ratio(seed_result: dict, distance: str) -> float:
+    """ParamΔ (α=1) score over the oracle's at one update distance."""
+    row = seed_result["distances"][distance]
+    return row["alpha"]["1.0"]["score"] / max(row["oracle"]["score"], 1e-9)
+
+
+def _seed_cache(resume_dir: Path, cfg: TransferConfig, seed: int) -> Path:
+    key = {k: v for k, v in asdict(cfg).items() if k != "seeds"}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return resume_dir / f"seed{seed}-{digest}.json"
+
+
+def run_transfer(
+    out_dir: str | Path,
+    cfg: TransferConfig | None = None,
+    log=print,
+    resume_dir: str | Path | None = None,
+) -> ResultRecord:
+    """Run every seed, write ``transfer.json`` and plots under ``out_dir``; return the record.
+
+    With ``resume_dir``, each finished seed's results are kept there (keyed by the config), so
+    an interrupted run continues with the seeds it has not done.
+    """
     cfg = cfg or TransferConfig()
     out = Path(out_dir)
     results = []
     with Timer() as total:
         for seed in cfg.seeds:
+            cache = _seed_cache(Path(resume_dir), cfg, seed) if resume_dir is not None else None
+            if cache is not None and cache.is_file():
+                log(f"seed {seed}: reusing {cache}")
+                results.append(read_json(cache))
+                continue
             with tempfile.TemporaryDirectory(prefix="fmlab-paramdelta-") as tmp:
                 results.append(_one_seed(cfg, seed, Path(tmp), log))
-    far = max(cfg.update_steps)
+            if cache is not None:
+                atomic_write_json(cache, results[-1])
+    far = str(max(cfg.update_steps))
 
     def arm(get) -> dict:
         return _agg([get(r) for r in results])
 
-    ours = arm(lambda r: r["distances"][far]["alpha"][1.0])
+    ours = arm(lambda r: r["distances"][far]["alpha"]["1.0"])
     oracle = arm(lambda r: r["distances"][far]["oracle"])
-    ratios = [
-        r["distances"][far]["alpha"][1.0]["score"]
-        / max(r["distances"][far]["oracle"]["score"], 1e-9)
-        for r in results
-    ]
     metrics = {
         **ours,
-        "paramdelta_over_oracle": mean_std(ratios),
+        "paramdelta_over_oracle": mean_std([_ratio(r, far) for r in results]),
         "delta_cosine_median": mean_std(
             [r["distances"][far]["delta_cosine_median"] for r in results]
         ),
         "by_distance": {
-            str(d): {
-                "paramdelta": arm(lambda r, d=d: r["distances"][d]["alpha"][1.0]),
+            d: {
+                "paramdelta": arm(lambda r, d=d: r["distances"][d]["alpha"]["1.0"]),
                 "oracle": arm(lambda r, d=d: r["distances"][d]["oracle"]),
-                "paramdelta_over_oracle": mean_std(
-                    [
-                        r["distances"][d]["alpha"][1.0]["score"]
-                        / max(r["distances"][d]["oracle"]["score"], 1e-9)
-                        for r in results
-                    ]
-                ),
+                "paramdelta_over_oracle": mean_std([_ratio(r, d) for r in results]),
                 "delta_cosine_median": mean_std(
                     [r["distances"][d]["delta_cosine_median"] for r in results]
                 ),
             }
-            for d in cfg.update_steps
+            for d in map(str, cfg.update_steps)
         },
         "alpha_sweep": {
-            str(a): arm(lambda r, a=a: r["distances"][far]["alpha"][a]) for a in cfg.alphas
+            a: arm(lambda r, a=a: r["distances"][far]["alpha"][a]) for a in map(str, cfg.alphas)
         },
         "times_s": {k: mean_std([r["times"][k] for r in results]) for k in results[0]["times"]},
         "peak_rss_mb": peak_rss_mb(),

@@ -136,12 +136,15 @@ def bench_cmd(
         False, help="one seed, tiny budgets (about a minute; claims nothing)"
     ),
     seeds: int = typer.Option(3, help="number of seeds (full run)"),
+    resume_dir: Path = typer.Option(
+        Path("runs/param_delta_bench"), help="finished seeds are kept here; a rerun skips them"
+    ),
 ) -> None:
     """Reproduce the transfer claim on tiny models trained here (ParamΔ vs oracle and baselines)."""
     from fmlab.param_delta.bench import TransferConfig, run_transfer
 
     cfg = TransferConfig.quick() if quick else TransferConfig(seeds=tuple(range(seeds)))
-    rec = run_transfer(out, cfg)
+    rec = run_transfer(out, cfg, resume_dir=resume_dir)
     m = rec.metrics
     typer.echo(
         f"ParamΔ: instruction_acc {m['instruction_acc']['mean']:.3f}, new_knowledge_acc "
