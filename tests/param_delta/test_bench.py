@@ -8,7 +8,7 @@ from fmlab.param_delta.bench import TransferConfig, run_transfer
 @pytest.mark.slow
 def test_quick_transfer_bench_writes_a_complete_record(tmp_path):
     cfg = TransferConfig.quick()
-    cfg.pretrain_steps, cfg.update_steps, cfg.sft_steps = 30, (20,), 10  # plumbing only
+    cfg.pretrain_steps, cfg.update_steps, cfg.sft_steps = 30, (0, 20), 10  # plumbing only
     rec = run_transfer(tmp_path, cfg, log=lambda *_: None, resume_dir=tmp_path / "resume")
     d = json.loads((tmp_path / "transfer.json").read_text())
     for key in ("instruction_acc", "new_knowledge_acc", "format_acc", "paramdelta_over_oracle"):

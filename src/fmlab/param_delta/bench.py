@@ -64,11 +64,14 @@ class TransferConfig:
     seq_len: int = 128
     batch_size: int = 16
     pretrain_steps: int = 1000
-    update_steps: tuple[int, ...] = (250, 500, 1000)  # update distances, along one continued run
+    update_steps: tuple[int, ...] = (0, 250, 1000)  # update distances, along one continued run
     sft_steps: int = 150
     docs_per_entity: int = 8
     pretrain_lr: float = 3e-3
-    sft_lr: float = 3e-4
+    sft_lr: float = 1e-3
+    # continued pretraining of the update runs at the pretraining's final learning rate
+    update_lr: float = 3e-4
+    update_b_repeat: int = 2  # the new knowledge's documents appear this many times
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
     sft_fraction_of_a: float = 0.6  # A entities used for SFT; the rest are held out
     sft_prose_examples: int = 300  # generic concise-style examples from prose
@@ -86,7 +89,7 @@ class TransferConfig:
             seeds=(0,),
             n_entities=24,
             pretrain_steps=150,
-            update_steps=(100,),
+            update_steps=(0, 100),
             sft_steps=60,
             docs_per_entity=4,
             alphas=(0.0, 1.0),
@@ -277,7 +280,9 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
         [d.text for d in w.prose_train + w.docs_a + w.docs_b], vocab_size=cfg.vocab
     )
     pre = _blocks(tok, w.prose_train + w.docs_a, cfg.seq_len, seed)
-    upd = _blocks(tok, w.prose_train + w.docs_a + w.docs_b, cfg.seq_len, seed + 1)
+    upd = _blocks(
+        tok, w.prose_train + w.docs_a + w.docs_b * cfg.update_b_repeat, cfg.seq_len, seed + 1
+    )
     sft_pairs = [(_prompt(f, cfg.prompt_style), _reply(f, cfg.prompt_style)) for f in w.a_sft]
     if cfg.prompt_style == "concise":
         sft_pairs += _prose_instructions(w.prose_train, cfg.sft_prose_examples, random.Random(seed))
@@ -297,7 +302,7 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
     log(f"seed {seed}: base pretrained ({t.s:.0f} s)")
 
     with Timer() as t:
-        upd_cfg = _train_cfg(max(cfg.update_steps), cfg.pretrain_lr, cfg, seed)
+        upd_cfg = _train_cfg(max(cfg.update_steps), cfg.update_lr, cfg, seed)
         for d in sorted(cfg.update_steps):  # one continued run, checkpointed at each distance
             train(model, BlockSampler(upd, seed=seed + 1), upd_cfg, work / "update_run", stop_at=d)
             model.save_pretrained(work / f"new_base_{d}")
