@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import statistics
@@ -330,12 +331,11 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
                 param_delta(work / "post", work / "base", nb, dst, scale=a)
             times[f"merge_{d}_a{a}_s"] = t.s
             row["alpha"][str(a)] = _score(_load(dst), tok, w, cfg.prompt_style)
-        cos = [
-            r["cosine"]
-            for r in diagnose(work / "post", work / "base", nb)
-            if r["cosine"] == r["cosine"]
-        ]
-        row["delta_cosine_median"] = statistics.median(cos)
+        diag = diagnose(work / "post", work / "base", nb)
+        cos = [r["cosine"] for r in diag if r["cosine"] == r["cosine"]]  # NaN where Δ_update = 0
+        ratio = [r["post_over_update"] for r in diag if math.isfinite(r["post_over_update"])]
+        row["delta_cosine_median"] = statistics.median(cos) if cos else None
+        row["delta_norm_ratio_median"] = statistics.median(ratio) if ratio else None
         out["distances"][str(d)] = row
         log(
             f"seed {seed} distance {d}: paramdelta {row['alpha'].get('1.0')} oracle {row['oracle']}"
@@ -346,6 +346,12 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
 def _agg(per_seed: list[dict]) -> dict:
     """{metric: mean_std over seeds} for per-seed metric dicts."""
     return {k: mean_std([s[k] for s in per_seed]) for k in per_seed[0]}
+
+
+def _mean_std_defined(values) -> dict | None:
+    """mean_std over the values that exist (None where undefined, e.g. Δ_update = 0)."""
+    vals = [v for v in values if v is not None]
+    return mean_std(vals) if vals else None
 
 
 def _ratio(seed_result: dict, distance: str) -> float:
@@ -395,16 +401,22 @@ def run_transfer(
     metrics = {
         **ours,
         "paramdelta_over_oracle": mean_std([_ratio(r, far) for r in results]),
-        "delta_cosine_median": mean_std(
-            [r["distances"][far]["delta_cosine_median"] for r in results]
+        "delta_cosine_median": _mean_std_defined(
+            r["distances"][far]["delta_cosine_median"] for r in results
+        ),
+        "delta_norm_ratio_median": _mean_std_defined(
+            r["distances"][far]["delta_norm_ratio_median"] for r in results
         ),
         "by_distance": {
             d: {
                 "paramdelta": arm(lambda r, d=d: r["distances"][d]["alpha"]["1.0"]),
                 "oracle": arm(lambda r, d=d: r["distances"][d]["oracle"]),
                 "paramdelta_over_oracle": mean_std([_ratio(r, d) for r in results]),
-                "delta_cosine_median": mean_std(
-                    [r["distances"][d]["delta_cosine_median"] for r in results]
+                "delta_cosine_median": _mean_std_defined(
+                    r["distances"][d]["delta_cosine_median"] for r in results
+                ),
+                "delta_norm_ratio_median": _mean_std_defined(
+                    r["distances"][d]["delta_norm_ratio_median"] for r in results
                 ),
             }
             for d in map(str, cfg.update_steps)
