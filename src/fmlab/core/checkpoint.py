@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fmlab.core.io import CheckpointError, check_safetensors_file, load_torch_file, read_json
+from fmlab.core.io import CheckpointError, load_torch_file, read_json, safetensors_header
 
 __all__ = [
     "SAFETENSORS_DTYPES",
@@ -83,6 +83,9 @@ class TensorSource:
         self.config = config
         self.root = root  # the checkpoint directory, if any
         self.files = files or []  # the weight files
+        # whether get() returns a fresh tensor the caller may modify (file reads do; a wrapped
+        # state dict hands out the caller's own tensors)
+        self.fresh = bool(files)
 
     def keys(self) -> list[str]:
         return list(self._specs)
@@ -166,37 +169,46 @@ class TensorSource:
     @classmethod
     def _open_files(cls, name, root, files, config, allow_pickle) -> TensorSource:
         specs: dict[str, TensorSpec] = {}
-        where: dict[str, Path] = {}
+        where: dict[str, tuple[Path, int, int]] = {}  # name -> (file, absolute offset, nbytes)
         pickled: dict[str, torch.Tensor] = {}
         for f in files:
             if f.suffix == ".safetensors":
-                header = check_safetensors_file(f)
-                for k, (code, shape) in header.items():
+                data_start, header = safetensors_header(f)
+                for k, (code, shape, start, stop) in header.items():
                     if code not in SAFETENSORS_DTYPES:
                         raise CheckpointError(f"{f}: tensor {k!r} has unsupported dtype {code}")
                     if k in specs:
                         raise CheckpointError(f"{root}: tensor {k!r} appears in two files")
                     specs[k] = TensorSpec(k, SAFETENSORS_DTYPES[code], tuple(shape))
-                    where[k] = f
+                    if stop - start != specs[k].nbytes:
+                        raise CheckpointError(
+                            f"{f}: tensor {k!r} has {stop - start} bytes, its shape needs {specs[k].nbytes}"
+                        )
+                    where[k] = (f, data_start + start, stop - start)
             else:
                 sd = _load_pickle_mmap(f, allow_pickle)
                 for k, v in sd.items():
                     specs[k] = TensorSpec(k, v.dtype, tuple(v.shape))
                     pickled[k] = v
-        handles: dict[Path, object] = {}
 
         def load(key: str) -> torch.Tensor:
             if key in pickled:
                 return pickled[key]
-            from safetensors import safe_open
-
-            f = where[key]
-            if f not in handles:
-                handles[f] = safe_open(str(f), framework="pt")
-            try:
-                return handles[f].get_tensor(key)
-            except Exception as e:  # a corrupt body behind a valid header
-                raise CheckpointError(f"{f}: could not read tensor {key!r} ({e})") from e
+            # A plain read into a fresh buffer rather than an mmap: mapped file pages count in
+            # the process's resident memory, so reading three multi-GB checkpoints through mmap
+            # would show (and on a tight machine cost) their whole size.
+            f, offset, nbytes = where[key]
+            spec = specs[key]
+            if nbytes == 0:
+                return torch.empty(spec.shape, dtype=spec.dtype)
+            buf = bytearray(nbytes)
+            with open(f, "rb") as fh:
+                fh.seek(offset)
+                if fh.readinto(buf) != nbytes:
+                    raise CheckpointError(
+                        f"{f}: could not read tensor {key!r} (file changed or truncated)"
+                    )
+            return torch.frombuffer(buf, dtype=spec.dtype).reshape(spec.shape)
 
         return cls(name, specs, load, config=config, root=Path(root), files=list(files))
 

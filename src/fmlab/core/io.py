@@ -29,6 +29,7 @@ __all__ = [
     "check_safetensors_file",
     "load_torch_file",
     "read_json",
+    "safetensors_header",
     "sha256_file",
 ]
 
@@ -153,11 +154,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_safetensors_file(path: str | os.PathLike) -> dict[str, tuple[str, list[int]]]:
-    """Validate a safetensors file's header against its size; return {name: (dtype, shape)}.
+def safetensors_header(
+    path: str | os.PathLike,
+) -> tuple[int, dict[str, tuple[str, list[int], int, int]]]:
+    """Read and validate a safetensors header against the file size.
 
-    Reads only the header, so it is cheap for multi-GB shards. A truncated or corrupt file
-    raises :class:`CheckpointError` naming the file.
+    Returns ``(data_start, {name: (dtype code, shape, start, end)})`` where ``start``/``end``
+    are byte offsets relative to ``data_start``. Reads only the header, so it is cheap for
+    multi-GB shards. A truncated or corrupt file raises :class:`CheckpointError` naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -177,14 +181,14 @@ def check_safetensors_file(path: str | os.PathLike) -> dict[str, tuple[str, list
             f"{path}: not a valid safetensors file ({e}); the file is truncated or corrupt, "
             "re-download or re-save it"
         ) from e
-    out: dict[str, tuple[str, list[int]]] = {}
+    out: dict[str, tuple[str, list[int], int, int]] = {}
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            _start, stop = info["data_offsets"]
-            out[name] = (info["dtype"], list(info["shape"]))
+            start, stop = (int(x) for x in info["data_offsets"])
+            out[name] = (info["dtype"], list(info["shape"]), start, stop)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}") from e
         end = max(end, stop)
@@ -193,7 +197,13 @@ def check_safetensors_file(path: str | os.PathLike) -> dict[str, tuple[str, list
             f"{path}: truncated (header promises {8 + n + end} bytes, file has {size}); "
             "re-download or re-save it"
         )
-    return out
+    return 8 + n, out
+
+
+def check_safetensors_file(path: str | os.PathLike) -> dict[str, tuple[str, list[int]]]:
+    """Validate a safetensors file's header against its size; return {name: (dtype, shape)}."""
+    _, header = safetensors_header(path)
+    return {k: (code, shape) for k, (code, shape, _, _) in header.items()}
 
 
 def load_torch_file(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

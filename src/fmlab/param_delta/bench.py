@@ -469,7 +469,7 @@ def _plots(out: Path, cfg: TransferConfig, metrics: dict, baselines: dict) -> li
             out / f"arms_{key}.png",
             {k: v[key]["mean"] for k, v in arms.items()},
             key,
-            f"{key} (held-out, mean ± std over {len(cfg.seeds)} seeds)",
+            f"{key} at update distance {max(cfg.update_steps)} (mean ± std, {len(cfg.seeds)} seeds)",
             errors={k: v[key]["std"] for k, v in arms.items()},
         )
         names.append(f"arms_{key}.png")

@@ -194,10 +194,17 @@ def plan(
     return DeltaPlan(entries, notes)
 
 
-def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype`` as a tensor we may modify (the source may be a caller's state dict)."""
+def _owned(
+    src: TensorSource, key: str, dtype: torch.dtype, rows: int | None = None
+) -> torch.Tensor:
+    """Tensor ``key`` of ``src`` (first ``rows`` rows) in ``dtype``, safe to modify in place."""
+    t = src.get(key)
+    if rows is not None:
+        t = t[:rows]
     x = t.to(dtype)
-    return x.clone() if x.data_ptr() == t.data_ptr() else x
+    if x.data_ptr() == t.data_ptr() and not src.fresh:  # a caller's tensor: never modify it
+        x = x.clone()
+    return x
 
 
 def _compute(
@@ -210,13 +217,11 @@ def _compute(
 ) -> torch.Tensor:
     """One output tensor. Peak memory: two tensors in ``compute`` dtype plus one input and
     the output in their own dtypes."""
-    out = _owned(new_base.get(e.new_key), compute)
-    p, b = post.get(e.post_key), base.get(e.base_key)
-    if e.shared_rows is not None:  # vocabulary policy: only the rows all three share
-        p, b = p[: e.shared_rows], b[: e.shared_rows]
-    delta = _owned(p, compute)
-    del p
-    delta.sub_(b)  # promotes the base tensor on the fly
+    out = _owned(new_base, e.new_key, compute)
+    # vocabulary policy: only the rows all three share get the delta
+    delta = _owned(post, e.post_key, compute, e.shared_rows)
+    b = base.get(e.base_key)
+    delta.sub_(b if e.shared_rows is None else b[: e.shared_rows])  # promotes b on the fly
     del b
     if e.shared_rows is None:
         out.add_(delta, alpha=scale)
