@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -37,19 +36,39 @@ CLAIM = (
 )
 
 
+# Forks the measured command from a fresh, small interpreter. On Linux a child's ru_maxrss
+# starts at its parent's resident size at fork time, so forking straight from this (large)
+# bench process would floor every measurement at our own footprint.
+_LAUNCHER = """
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
+               "returncode": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd``; return wall seconds, the child's peak RSS (MiB) and its exit status."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    out = p.stdout.read() if p.stdout else b""
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    return {
-        "wall_s": wall,
-        "peak_rss_mb": ru.ru_maxrss / 1024,
-        "returncode": os.waitstatus_to_exitcode(status),
-        "output_tail": out.decode(errors="replace")[-2000:],
-    }
+    """Run ``cmd``; return wall seconds, its own peak RSS (MiB) and its exit status."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "stats.json"
+        p = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(stats), *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        if not stats.is_file():
+            raise RuntimeError(
+                f"measuring {cmd[0]} failed:\n{p.stdout.decode(errors='replace')[-2000:]}"
+            )
+        res = json.loads(stats.read_text())
+    res["output_tail"] = p.stdout.decode(errors="replace")[-2000:]
+    return res
 
 
 def _llama_specs(cfg, dtype: torch.dtype) -> list[TensorSpec]:
@@ -94,6 +113,7 @@ def _write_random_llama(
 
     out.mkdir(parents=True)
     write_sharded(out, specs, tensors(), max_shard_size=shard)
+    cfg.architectures = ["LlamaForCausalLM"]  # tools (mergekit) pick the architecture from it
     cfg.save_pretrained(out)
 
 
