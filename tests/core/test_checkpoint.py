@@ -43,6 +43,11 @@ def test_stream_writer_refuses_wrong_tensor_and_incomplete(tmp_path):
         pytest.raises(ValueError, match="expected a"),
         SafetensorsStreamWriter(tmp_path / "x.safetensors", specs) as w,
     ):
+        w.write("b", torch.zeros(2))
+    with (
+        pytest.raises(ValueError, match="more rows"),
+        SafetensorsStreamWriter(tmp_path / "x.safetensors", specs) as w,
+    ):
         w.write("a", torch.zeros(3))
     w = SafetensorsStreamWriter(tmp_path / "y.safetensors", specs)
     w.write("a", torch.zeros(2))
@@ -87,3 +92,23 @@ def test_parse_size():
     assert parse_size(12) == 12
     with pytest.raises(ValueError, match="2GB"):
         parse_size("lots")
+
+
+def test_row_blocks_write_and_read(tmp_path):
+    t = torch.arange(40, dtype=torch.float32).view(10, 4)
+    spec = TensorSpec("t", t.dtype, (10, 4))
+    blocks = [("t", t[0:3]), ("t", t[3:9]), ("t", t[9:10]), ("s", torch.tensor(2.0))]
+    write_sharded(tmp_path, [spec, TensorSpec("s", torch.float32, ())], iter(blocks))
+    src = TensorSource.open(tmp_path)
+    assert torch.equal(src.get("t"), t)
+    assert torch.equal(src.get("t", (2, 7)), t[2:7])
+    assert torch.equal(src.get("t", (8, 20)), t[8:10])
+    assert src.get("s").item() == 2.0
+    with pytest.raises(ValueError, match="scalar"):
+        src.get("s", (0, 1))
+    with (
+        pytest.raises(ValueError, match="more rows"),
+        SafetensorsStreamWriter(tmp_path / "x.safetensors", [spec]) as w,
+    ):
+        w.write("t", t[:6])
+        w.write("t", t[:6])

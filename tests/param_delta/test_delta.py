@@ -80,10 +80,18 @@ def test_scale(tmp_path, scale):
     _assert_formula(tmp_path / "out", dirs, scale=scale)
 
 
-def test_sharded_inputs_and_outputs(tmp_path):
+def test_sharded_inputs_and_outputs_in_row_blocks(tmp_path):
     dirs = _triplet(tmp_path, shard="60KB")
     assert (dirs["post"] / "model.safetensors.index.json").is_file()
-    param_delta(dirs["post"], dirs["base"], dirs["new"], tmp_path / "out", max_shard_size="50KB")
+    # 1000-byte blocks: every matrix is computed and written a few rows at a time
+    param_delta(
+        dirs["post"],
+        dirs["base"],
+        dirs["new"],
+        tmp_path / "out",
+        max_shard_size="50KB",
+        chunk_bytes=1000,
+    )
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
     assert len(list((tmp_path / "out").glob("*.safetensors"))) > 2
     _assert_formula(tmp_path / "out", dirs)

@@ -72,7 +72,7 @@ class TensorSource:
         self,
         name: str,
         specs: dict[str, TensorSpec],
-        loader: Callable[[str], torch.Tensor],
+        loader: Callable[[str, tuple[int, int] | None], torch.Tensor],
         config: dict | None = None,
         root: Path | None = None,
         files: list[Path] | None = None,
@@ -102,10 +102,15 @@ class TensorSource:
     def spec(self, key: str) -> TensorSpec:
         return self._specs[key]
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor ``key``, or only its rows ``start:stop`` (read alone from a file source)."""
         if key not in self._specs:
             raise KeyError(f"{self.name}: no tensor {key!r}")
-        return self._loader(key)
+        if rows is None:
+            return self._loader(key, None)
+        if not self._specs[key].shape:
+            raise ValueError(f"{key} is a scalar; it has no rows")
+        return self._loader(key, rows)
 
     @property
     def tied_embeddings(self) -> bool:
@@ -119,7 +124,12 @@ class TensorSource:
         cls, sd: Mapping[str, torch.Tensor], name: str = "state_dict", config: dict | None = None
     ):
         specs = {k: TensorSpec(k, v.dtype, tuple(v.shape)) for k, v in sd.items()}
-        return cls(name, specs, lambda k: sd[k], config=config)
+        return cls(
+            name,
+            specs,
+            lambda k, rows: sd[k] if rows is None else sd[k][rows[0] : rows[1]],
+            config=config,
+        )
 
     @classmethod
     def open(cls, where: str | os.PathLike, allow_pickle: bool = False) -> TensorSource:
@@ -191,16 +201,23 @@ class TensorSource:
                     specs[k] = TensorSpec(k, v.dtype, tuple(v.shape))
                     pickled[k] = v
 
-        def load(key: str) -> torch.Tensor:
+        def load(key: str, rows: tuple[int, int] | None) -> torch.Tensor:
             if key in pickled:
-                return pickled[key]
+                t = pickled[key]
+                return t if rows is None else t[rows[0] : rows[1]]
             # A plain read into a fresh buffer rather than an mmap: mapped file pages count in
             # the process's resident memory, so reading three multi-GB checkpoints through mmap
             # would show (and on a tight machine cost) their whole size.
             f, offset, nbytes = where[key]
             spec = specs[key]
+            shape = spec.shape
+            if rows is not None:
+                row_bytes = nbytes // shape[0] if shape[0] else 0
+                start, stop = max(0, rows[0]), min(shape[0], rows[1])
+                offset, nbytes = offset + start * row_bytes, max(0, stop - start) * row_bytes
+                shape = (max(0, stop - start), *shape[1:])
             if nbytes == 0:
-                return torch.empty(spec.shape, dtype=spec.dtype)
+                return torch.empty(shape, dtype=spec.dtype)
             buf = bytearray(nbytes)
             with open(f, "rb") as fh:
                 fh.seek(offset)
@@ -208,7 +225,7 @@ class TensorSource:
                     raise CheckpointError(
                         f"{f}: could not read tensor {key!r} (file changed or truncated)"
                     )
-            return torch.frombuffer(buf, dtype=spec.dtype).reshape(spec.shape)
+            return torch.frombuffer(buf, dtype=spec.dtype).reshape(shape)
 
         return cls(name, specs, load, config=config, root=Path(root), files=list(files))
 
@@ -271,19 +288,39 @@ class SafetensorsStreamWriter:
         self._f.write(len(raw).to_bytes(8, "little"))
         self._f.write(raw)
         self._next = 0
+        self._partial = 0  # bytes written so far of the current tensor
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append ``tensor``, or the next block of its rows (consecutive calls with the same
+        name and ``shape[1:]``, rows adding up to ``shape[0]``)."""
         if self._next >= len(self.specs):
             raise ValueError(f"{self.path}: unexpected extra tensor {name!r}")
         s = self.specs[self._next]
-        if name != s.name or tensor.dtype != s.dtype or tuple(tensor.shape) != s.shape:
+        whole = tuple(tensor.shape) == s.shape
+        block = (
+            len(s.shape) >= 1
+            and tuple(tensor.shape[1:]) == s.shape[1:]
+            and tensor.ndim == len(s.shape)
+        )
+        if name != s.name or tensor.dtype != s.dtype or not (whole or block):
             raise ValueError(
                 f"{self.path}: expected {s.name} {s.dtype} {s.shape}, got {name} "
                 f"{tensor.dtype} {tuple(tensor.shape)}"
             )
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        nbytes = flat.numel() * flat.element_size()
+        if self._partial + nbytes > s.nbytes:
+            raise ValueError(f"{self.path}: more rows than {s.name} {s.shape} has")
         self._f.write(memoryview(flat.view(torch.uint8).numpy()))
-        self._next += 1
+        self._partial += nbytes
+        if self._partial == s.nbytes:
+            self._next += 1
+            self._partial = 0
+
+    @property
+    def complete(self) -> int:
+        """How many tensors have been written in full."""
+        return self._next
 
     def close(self) -> None:
         self._f.close()
@@ -327,6 +364,9 @@ def write_sharded(
 ) -> list[Path]:
     """Stream ``tensors`` (in ``specs`` order) into HF-style shards in ``out_dir``.
 
+    Each item is a whole tensor or the next block of its rows, so a tensor never has to be in
+    memory at once.
+
     One shard is written as ``model.safetensors``; more as
     ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
     """
@@ -343,8 +383,9 @@ def write_sharded(
     for fname, shard in zip(names, shards, strict=True):
         with SafetensorsStreamWriter(out / fname, shard, metadata) as w:
             for s in shard:
-                name, t = next(it)
-                w.write(name, t)
+                target = w.complete + 1
+                while w.complete < target:
+                    w.write(*next(it))  # the whole tensor or its next block of rows
                 weight_map[s.name] = fname
     if n > 1:
         index = {"metadata": {"total_size": sum(s.nbytes for s in specs)}, "weight_map": weight_map}

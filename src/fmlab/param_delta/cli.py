@@ -158,7 +158,9 @@ def speed_bench_cmd(
     out: Path = typer.Option(
         Path("docs/results/param_delta"), help="where speed.json and plots go"
     ),
-    inputs: str = typer.Option("smollm2,random-1b", help="comma-separated: smollm2, random-1b"),
+    inputs: str = typer.Option(
+        "smollm2,random-1b,random-1.6b", help="comma-separated: smollm2, random-1b, random-1.6b"
+    ),
     work: Path = typer.Option(
         None, help="scratch directory for the generated checkpoints (needs ~12 GB)"
     ),

@@ -7,6 +7,7 @@ inside a temporary directory that is renamed into place only on success.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -194,13 +195,14 @@ def plan(
     return DeltaPlan(entries, notes)
 
 
+CHUNK_BYTES = 64 * 2**20  # fp32 working set per block of rows
+
+
 def _owned(
-    src: TensorSource, key: str, dtype: torch.dtype, rows: int | None = None
+    src: TensorSource, key: str, dtype: torch.dtype, rows: tuple[int, int] | None
 ) -> torch.Tensor:
-    """Tensor ``key`` of ``src`` (first ``rows`` rows) in ``dtype``, safe to modify in place."""
-    t = src.get(key)
-    if rows is not None:
-        t = t[:rows]
+    """Rows ``rows`` of tensor ``key`` in ``dtype``, safe to modify in place."""
+    t = src.get(key, rows)
     x = t.to(dtype)
     if x.data_ptr() == t.data_ptr() and not src.fresh:  # a caller's tensor: never modify it
         x = x.clone()
@@ -214,25 +216,49 @@ def _compute(
     new_base: TensorSource,
     scale: float,
     compute: torch.dtype,
-) -> torch.Tensor:
-    """One output tensor. Peak memory: two tensors in ``compute`` dtype plus one input and
-    the output in their own dtypes."""
-    out = _owned(new_base, e.new_key, compute)
-    # vocabulary policy: only the rows all three share get the delta
-    delta = _owned(post, e.post_key, compute, e.shared_rows)
-    b = base.get(e.base_key)
-    delta.sub_(b if e.shared_rows is None else b[: e.shared_rows])  # promotes b on the fly
-    del b
-    if e.shared_rows is None:
-        out.add_(delta, alpha=scale)
-    else:
-        out[: e.shared_rows].add_(delta, alpha=scale)
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[torch.Tensor]:
+    """One output tensor as consecutive blocks of rows, so peak memory is a few blocks of
+    ``chunk_bytes`` whatever the tensor's size."""
+    shape = e.out.shape
+    if not shape or shape[0] == 0:
+        yield _compute_rows(e, post, base, new_base, scale, compute, None)
+        return
+    row_bytes = max(1, math.prod(shape[1:]) * torch.empty((), dtype=compute).element_size())
+    step = max(1, chunk_bytes // row_bytes)
+    for start in range(0, shape[0], step):
+        yield _compute_rows(
+            e, post, base, new_base, scale, compute, (start, min(shape[0], start + step))
+        )
+
+
+def _compute_rows(e, post, base, new_base, scale, compute, rows) -> torch.Tensor:
+    """Output rows ``rows`` = (start, stop), or the whole tensor when None."""
+    out = _owned(new_base, e.new_key, compute, rows)
+    n = None  # rows of this block that get the delta: all, unless the vocabulary policy says
+    sub = rows
+    if e.shared_rows is not None:  # rows at or past shared_rows keep the new base's values
+        start, stop = rows if rows is not None else (0, e.out.shape[0])
+        n = max(0, min(stop, e.shared_rows) - start)
+        if n == 0:
+            return out.to(e.out.dtype)
+        sub = (start, start + n)
+    delta = _owned(post, e.post_key, compute, sub)
+    delta.sub_(base.get(e.base_key, sub))  # promotes the base block on the fly
+    (out if n is None else out[:n]).add_(delta, alpha=scale)
     del delta
     return out.to(e.out.dtype)
 
 
 def _iter_outputs(
-    p: DeltaPlan, post, base, new_base, scale: float, compute: torch.dtype, progress: bool
+    p: DeltaPlan,
+    post,
+    base,
+    new_base,
+    scale: float,
+    compute: torch.dtype,
+    progress: bool,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     bar = None
     if progress:
@@ -257,7 +283,8 @@ def _iter_outputs(
         for e in p.entries:
             if bar is not None:
                 bar.update(task, description=e.name)
-            yield e.name, _compute(e, post, base, new_base, scale, compute)
+            for block in _compute(e, post, base, new_base, scale, compute, chunk_bytes):
+                yield e.name, block
             if bar is not None:
                 bar.advance(task)
     finally:
@@ -296,6 +323,7 @@ def param_delta(
     dry_run: bool = False,
     progress: bool = False,
     hash_inputs: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> dict:
     """Write Θ'_base + scale·(Θ_post − Θ_base) as an HF checkpoint directory at ``out``.
 
@@ -309,6 +337,7 @@ def param_delta(
         compute_dtype: arithmetic precision, ``float32`` (default) or ``float64``.
         vocab_policy: ``"error"`` or ``"shared-rows"`` for embedding/head row-count mismatches.
         dry_run: validate and return the plan summary without writing.
+        chunk_bytes: working-set size of one block of rows (peak memory is a few blocks).
 
     Returns:
         The manifest (also written as ``param_delta_manifest.json``).
@@ -350,7 +379,7 @@ def param_delta(
             manifest["inputs"][s.name]["sha256"] = _hashes(s)
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
-        outputs = _iter_outputs(p, *srcs, scale, compute, progress)
+        outputs = _iter_outputs(p, *srcs, scale, compute, progress, chunk_bytes)
         write_sharded(
             tmp,
             [e.out for e in p.entries],
@@ -389,7 +418,7 @@ def param_delta_state_dict(
     ]
     p = plan(*srcs, dtype=dtype, vocab_policy=vocab_policy)
     compute = resolve_dtype(compute_dtype)
-    return {e.name: _compute(e, *srcs, scale, compute) for e in p.entries}
+    return {e.name: torch.cat(list(_compute(e, *srcs, scale, compute))) for e in p.entries}
 
 
 @torch.no_grad()

@@ -71,6 +71,9 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     return res
 
 
+RANDOM_LAYERS = {"random-1b": 16, "random-1.6b": 32}
+
+
 def _llama_specs(cfg, dtype: torch.dtype) -> list[TensorSpec]:
     h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     hd = h // cfg.num_attention_heads
@@ -145,12 +148,13 @@ def _make_inputs(kind: str, root: Path) -> tuple[dict[str, Path], str]:
                     shutil.copy2(base / f, d / f)
             dirs[name] = d
         return dirs, "float32"
-    if kind.startswith("random-"):
-        # ~1.0B parameters: 16 layers, hidden 2048, FFN 5632, GQA 32/8, vocab 32000 (bf16 ≈ 2 GB)
+    if kind in RANDOM_LAYERS:
+        # hidden 2048, FFN 5632, GQA 32/8, vocab 32000: 16 layers ≈ 1.0B parameters (1.6 GiB in
+        # bf16), 32 layers ≈ 1.6B (3.0 GiB). Same largest tensor, so the peak memory should not move.
         cfg = llama_config(
             32000,
             hidden_size=2048,
-            num_layers=16,
+            num_layers=RANDOM_LAYERS[kind],
             num_heads=32,
             num_kv_heads=8,
             intermediate_size=5632,
@@ -162,7 +166,9 @@ def _make_inputs(kind: str, root: Path) -> tuple[dict[str, Path], str]:
             dirs[name] = root / name
             _write_random_llama(dirs[name], cfg, torch.bfloat16, seed, "1GB", base=dirs["base"])
         return dirs, "bfloat16"
-    raise ValueError(f"unknown input kind {kind!r}; choose one of: smollm2, random-1b")
+    raise ValueError(
+        f"unknown input kind {kind!r}; choose one of: smollm2, {', '.join(RANDOM_LAYERS)}"
+    )
 
 
 def mergekit_config(post: Path, base: Path, new_base: Path, dtype: str = "float32") -> dict:
@@ -250,7 +256,7 @@ def _bench_one(kind: str, root: Path, log) -> dict:
 
 def run_speed(
     out_dir: str | Path,
-    kinds: tuple[str, ...] = ("smollm2", "random-1b"),
+    kinds: tuple[str, ...] = ("smollm2", "random-1b", "random-1.6b"),
     work: str | None = None,
     log=print,
 ) -> ResultRecord:
