@@ -103,7 +103,9 @@ def demo(
                 continue
             try:
                 rec = fn(out / m.package.rsplit(".", 1)[-1])
-                head = ", ".join(f"{k}={v:.3g}" for k, v in list(_scalars(rec.metrics).items())[:3])
+                scalars = _scalars(rec.metrics)
+                keys = [k for k in rec.headline if k in scalars] or list(scalars)[:3]
+                head = ", ".join(f"{k}={scalars[k]:.3g}" for k in keys)
                 table.add_row(m.name, "ok", head, f"{rec.wall_s:.1f}")
             except Exception as e:  # a failing bench must not hide the others
                 table.add_row(m.name, f"[red]failed: {e}", "", "")
