@@ -7,6 +7,7 @@ and reads the ``meta`` column, so it plugs into GRPO-style trainers unchanged.
 
 from __future__ import annotations
 
+import abc
 import ast
 import operator
 import random
@@ -52,18 +53,20 @@ def extract_answer(completion: str) -> str:
     return re.sub(r"^(final\s+)?answer\s*[:=]\s*", "", last, flags=re.I).strip()
 
 
-class _Task:
+class _Task(abc.ABC):
     name = "task"
 
     def generate(self, n: int, seed: int = 0) -> list[Example]:
         rng = random.Random(f"{self.name}:{seed}")
         return [self.sample(rng) for _ in range(n)]
 
-    def sample(self, rng: random.Random) -> Example:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample(self, rng: random.Random) -> Example:
+        """One random instance."""
 
-    def check(self, meta: dict[str, Any], answer: str) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check(self, meta: dict[str, Any], answer: str) -> bool:
+        """Whether ``answer`` (already extracted from a completion) is correct."""
 
     def answer_from(self, completion: str) -> str:
         """The part of a completion that the verifier reads."""
