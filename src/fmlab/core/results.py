@@ -271,20 +271,12 @@ def render_report(results_dir: str | os.PathLike, out: str | os.PathLike | None 
         raise FileNotFoundError(
             f"{root}: no results directory; run a bench first, e.g. `fmlab demo`"
         )
-    paths = sorted(root.rglob("*.json"))
     out_path = Path(out) if out is not None else None
+    base = out_path.parent if out_path is not None else root
+    records = _records(root)
     parts = ["# fmlab results report", ""]
-    n = 0
-    for p in paths:
-        try:
-            d = load_record(p)
-        except ValueError:
-            continue
-        base = out_path.parent if out_path is not None else root
-        rel = os.path.relpath(p.parent, base)
-        parts.append(render_record(d, rel))
-        n += 1
-    if n == 0:
+    parts += [render_record(d, os.path.relpath(p.parent, base)) for p, d in records]
+    if not records:
         parts.append(f"No result records found under `{root}`.")
     text = "\n".join(parts)
     if out_path is not None:

@@ -13,20 +13,17 @@ from dataclasses import dataclass
 
 __all__ = ["RELATIONS", "STATEMENT_VARIANTS", "Fact", "FactWorld", "make_fact_world"]
 
-# relation -> (statement template, question template, possible values)
-RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+# relation -> (question template, possible values); statements are in STATEMENT_VARIANTS
+RELATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "city": (
-        "{e} lives in {v}.",
         "Where does {e} live?",
         ("Lisbon", "Oslo", "Cairo", "Lima", "Dublin", "Hanoi", "Quito", "Riga", "Tunis", "Perth"),
     ),
     "color": (
-        "The favourite colour of {e} is {v}.",
         "What is the favourite colour of {e}?",
         ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "grey", "pink"),
     ),
     "job": (
-        "{e} works as a {v}.",
         "What does {e} work as?",
         (
             "baker",
@@ -42,7 +39,6 @@ RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ),
     ),
     "pet": (
-        "{e} owns a {v}.",
         "What pet does {e} own?",
         ("cat", "dog", "parrot", "horse", "rabbit", "turtle", "goat", "hamster", "snake", "owl"),
     ),
@@ -118,7 +114,7 @@ class Fact:
         return template.split("{v}")[0].format(e=self.entity).rstrip()
 
     def question(self) -> str:
-        return RELATIONS[self.relation][1].format(e=self.entity)
+        return RELATIONS[self.relation][0].format(e=self.entity)
 
     @property
     def answer(self) -> str:
@@ -166,5 +162,5 @@ def make_fact_world(
         if n not in seen:
             seen.add(n)
             names.append(n)
-    facts = [Fact(e, r, rng.choice(RELATIONS[r][2])) for e in names for r in relations]
+    facts = [Fact(e, r, rng.choice(RELATIONS[r][1])) for e in names for r in relations]
     return FactWorld(tuple(names), tuple(facts))
