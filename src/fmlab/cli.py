@@ -163,10 +163,9 @@ def bench_core(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Our own progress bars speak for long work; transformers reads this when it is imported
+    # (lazily, so commands that never build a model skip its ~2 s import).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bars speak for long work
     app()
 
 

@@ -11,6 +11,7 @@ from fmlab.cli import app
 from fmlab.core.io import CheckpointError
 from fmlab.core.models import build_model
 from fmlab.param_delta import ParamDeltaError, diagnose, param_delta, param_delta_state_dict
+from fmlab.param_delta.delta import MANIFEST
 
 V = 300
 
@@ -247,6 +248,12 @@ def test_cli_merge_diagnose_and_errors(tmp_path):
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--scale", "0.5"])
     assert res.exit_code == 0, res.output
     _assert_formula(tmp_path / "out", dirs, scale=0.5)
+    inputs = json.loads((tmp_path / "out" / MANIFEST).read_text())["inputs"]
+    assert all("sha256" in v for v in inputs.values())
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "nohash"), "--no-hash"])
+    assert res.exit_code == 0, res.output
+    inputs = json.loads((tmp_path / "nohash" / MANIFEST).read_text())["inputs"]
+    assert not any("sha256" in v for v in inputs.values())  # --no-hash reaches the library
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "already exists" in res.output
     res = runner.invoke(

@@ -63,6 +63,7 @@ def merge(
             max_shard_size=max_shard_size,
             allow_pickle=allow_pickle,
             dry_run=dry_run,
+            hash_inputs=hash_inputs,
             progress=not dry_run,
         )
     except (ParamDeltaError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
@@ -165,7 +166,7 @@ def speed_bench_cmd(
         None, help="scratch directory for the generated checkpoints (needs ~12 GB)"
     ),
 ) -> None:
-    """Time and peak memory against mergekit task_arithmetic (needs: pip install -e '.[bench]')."""
+    """Time and peak memory against mergekit task_arithmetic (needs the bench extra: make setup)."""
     from fmlab.param_delta.speed import run_speed
 
     rec = run_speed(

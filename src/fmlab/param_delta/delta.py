@@ -198,15 +198,24 @@ def plan(
 CHUNK_BYTES = 64 * 2**20  # fp32 working set per block of rows
 
 
-def _owned(
-    src: TensorSource, key: str, dtype: torch.dtype, rows: tuple[int, int] | None
-) -> torch.Tensor:
-    """Rows ``rows`` of tensor ``key`` in ``dtype``, safe to modify in place."""
-    t = src.get(key, rows)
-    x = t.to(dtype)
-    if x.data_ptr() == t.data_ptr() and not src.fresh:  # a caller's tensor: never modify it
-        x = x.clone()
-    return x
+class _Workspace:
+    """Compute buffers reused from block to block. A fresh 64 MiB tensor per block page-faults
+    on first touch, and ``sub_`` of a bf16 block into fp32 promotes through a temporary: on a
+    bf16 checkpoint, reusing buffers with explicit ``copy_`` conversions made the arithmetic ~6x
+    faster (82 -> 14 ms per 16 M elements on 2 cores)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def load(self, slot: str, src: TensorSource, key: str, rows: tuple[int, int] | None):
+        """Rows ``rows`` of tensor ``key`` converted into this slot's buffer (ours to modify)."""
+        t = src.get(key, rows)
+        n = t.numel()
+        buf = self._bufs.get(slot)
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[slot] = torch.empty(n, dtype=self.dtype)
+        return buf[:n].view(t.shape).copy_(t)
 
 
 def _compute(
@@ -215,39 +224,37 @@ def _compute(
     base: TensorSource,
     new_base: TensorSource,
     scale: float,
-    compute: torch.dtype,
+    ws: _Workspace,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[torch.Tensor]:
     """One output tensor as consecutive blocks of rows, so peak memory is a few blocks of
     ``chunk_bytes`` whatever the tensor's size."""
     shape = e.out.shape
     if not shape or shape[0] == 0:
-        yield _compute_rows(e, post, base, new_base, scale, compute, None)
+        yield _compute_rows(e, post, base, new_base, scale, ws, None)
         return
-    row_bytes = max(1, math.prod(shape[1:]) * torch.empty((), dtype=compute).element_size())
+    row_bytes = max(1, math.prod(shape[1:]) * torch.empty((), dtype=ws.dtype).element_size())
     step = max(1, chunk_bytes // row_bytes)
     for start in range(0, shape[0], step):
         yield _compute_rows(
-            e, post, base, new_base, scale, compute, (start, min(shape[0], start + step))
+            e, post, base, new_base, scale, ws, (start, min(shape[0], start + step))
         )
 
 
-def _compute_rows(e, post, base, new_base, scale, compute, rows) -> torch.Tensor:
-    """Output rows ``rows`` = (start, stop), or the whole tensor when None."""
-    out = _owned(new_base, e.new_key, compute, rows)
+def _compute_rows(e, post, base, new_base, scale, ws: _Workspace, rows) -> torch.Tensor:
+    """Output rows ``rows`` = (start, stop), or the whole tensor when None; a new tensor."""
+    out = ws.load("out", new_base, e.new_key, rows)
     n = None  # rows of this block that get the delta: all, unless the vocabulary policy says
     sub = rows
     if e.shared_rows is not None:  # rows at or past shared_rows keep the new base's values
         start, stop = rows if rows is not None else (0, e.out.shape[0])
         n = max(0, min(stop, e.shared_rows) - start)
-        if n == 0:
-            return out.to(e.out.dtype)
         sub = (start, start + n)
-    delta = _owned(post, e.post_key, compute, sub)
-    delta.sub_(base.get(e.base_key, sub))  # promotes the base block on the fly
-    (out if n is None else out[:n]).add_(delta, alpha=scale)
-    del delta
-    return out.to(e.out.dtype)
+    if n != 0:
+        delta = ws.load("delta", post, e.post_key, sub)
+        delta.sub_(ws.load("base", base, e.base_key, sub))
+        (out if n is None else out[:n]).add_(delta, alpha=scale)
+    return out.clone() if e.out.dtype == ws.dtype else out.to(e.out.dtype)
 
 
 def _iter_outputs(
@@ -279,11 +286,12 @@ def _iter_outputs(
         )
         task = bar.add_task("", total=len(p.entries))
         bar.start()
+    ws = _Workspace(compute)
     try:
         for e in p.entries:
             if bar is not None:
                 bar.update(task, description=e.name)
-            for block in _compute(e, post, base, new_base, scale, compute, chunk_bytes):
+            for block in _compute(e, post, base, new_base, scale, ws, chunk_bytes):
                 yield e.name, block
             if bar is not None:
                 bar.advance(task)
@@ -417,8 +425,8 @@ def param_delta_state_dict(
         for d, r in ((post, "post"), (base, "base"), (new_base, "new base"))
     ]
     p = plan(*srcs, dtype=dtype, vocab_policy=vocab_policy)
-    compute = resolve_dtype(compute_dtype)
-    return {e.name: torch.cat(list(_compute(e, *srcs, scale, compute))) for e in p.entries}
+    ws = _Workspace(resolve_dtype(compute_dtype))
+    return {e.name: torch.cat(list(_compute(e, *srcs, scale, ws))) for e in p.entries}
 
 
 @torch.no_grad()

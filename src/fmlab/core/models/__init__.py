@@ -1,38 +1,42 @@
-"""Model substrate: the bundled SmolLM2 loader, tiny HF Llama builders and tokenizers."""
+"""Model substrate: the bundled SmolLM2 loader, tiny HF Llama builders and tokenizers.
 
-from fmlab.core.models.pretrained import (
-    BUNDLED_MODELS,
-    bundled_model_status,
-    check_model_dir,
-    load_pretrained,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_dir,
-)
-from fmlab.core.models.tiny import MODEL_BUILDERS, build_model, llama, llama_config
-from fmlab.core.models.tokenizer import (
-    CHAT_TEMPLATE,
-    DOC_SEP,
-    SPECIAL_TOKENS,
-    train_bpe_tokenizer,
-    train_char_tokenizer,
-)
+Names resolve lazily (PEP 562): ``from fmlab.core.models import resolve_dtype`` loads only
+``pretrained`` (torch), not transformers, which costs ~2 s of start-up on the CLI paths that never
+build a model (``fmlab param-delta``)."""
 
-__all__ = [
-    "BUNDLED_MODELS",
-    "CHAT_TEMPLATE",
-    "DOC_SEP",
-    "MODEL_BUILDERS",
-    "SPECIAL_TOKENS",
-    "build_model",
-    "bundled_model_status",
-    "check_model_dir",
-    "llama",
-    "llama_config",
-    "load_pretrained",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_model_dir",
-    "train_bpe_tokenizer",
-    "train_char_tokenizer",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "BUNDLED_MODELS": "pretrained",
+    "bundled_model_status": "pretrained",
+    "check_model_dir": "pretrained",
+    "load_pretrained": "pretrained",
+    "resolve_device": "pretrained",
+    "resolve_dtype": "pretrained",
+    "resolve_model_dir": "pretrained",
+    "MODEL_BUILDERS": "tiny",
+    "build_model": "tiny",
+    "llama": "tiny",
+    "llama_config": "tiny",
+    "CHAT_TEMPLATE": "tokenizer",
+    "DOC_SEP": "tokenizer",
+    "SPECIAL_TOKENS": "tokenizer",
+    "train_bpe_tokenizer": "tokenizer",
+    "train_char_tokenizer": "tokenizer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
