@@ -44,6 +44,12 @@ METHODS: tuple[Method, ...] = (
         summary="ParamΔ: transfer post-training to an updated base by weight arithmetic.",
         quick_bench="fmlab.param_delta.bench:quick",
     ),
+    Method(
+        name="rdd",
+        package="fmlab.rdd",
+        summary="RDD: cut demonstrations into sub-tasks by retrieval against the policy's data.",
+        quick_bench="fmlab.rdd.bench:quick",
+    ),
 )
 
 

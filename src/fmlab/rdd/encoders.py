@@ -1,0 +1,228 @@
+"""Frame encoders behind one interface: (N, H, W, 3) uint8 frames -> (N, D) float features.
+
+- ``PixelPCA``: downsampled pixels projected on principal components fitted on training frames.
+- ``TCNEncoder``: a small CNN trained here, self-supervised, with a time-contrastive objective
+  (frames a few steps apart in one demo attract, other frames repel; InfoNCE), with brightness
+  and noise augmentation so it does not key on lighting.
+- ``HFVisionEncoder``: any local Hugging Face vision model directory (CLIP/DINOv2/ViT ...),
+  pooled output; nothing is downloaded.
+
+Encoders that learn (``fit``) keep their parameters as arrays (``state()``/``from_state``) so a
+prior can carry them in its ``.npz``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmlab.rdd.prior import RDDError
+
+__all__ = [
+    "ENCODERS",
+    "Encoder",
+    "HFVisionEncoder",
+    "PixelPCA",
+    "TCNEncoder",
+    "check_frames",
+    "get_encoder",
+]
+
+
+def check_frames(frames, what: str = "frames") -> np.ndarray:
+    a = np.asarray(frames)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise RDDError(f"{what}: expected (N, H, W, 3) RGB frames, got shape {a.shape}")
+    if len(a) == 0:
+        raise RDDError(f"{what}: no frames")
+    return a
+
+
+class Encoder(ABC):
+    name: str = ""
+
+    def fit(self, demos: Sequence[np.ndarray], seed: int = 0) -> Encoder:
+        """Learn from training demos (each (N, H, W, 3)); a no-op for fixed encoders."""
+        return self
+
+    @abstractmethod
+    def encode(self, frames: np.ndarray) -> np.ndarray: ...
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+def _pixels(frames: np.ndarray, size: int = 16) -> np.ndarray:
+    """Average-pooled to ``size`` x ``size``, scaled to [0, 1], flattened."""
+    f = check_frames(frames).astype(np.float32) / 255.0
+    n, h, w, c = f.shape
+    if h % size == 0 and w % size == 0:
+        f = f.reshape(n, size, h // size, size, w // size, c).mean((2, 4))
+    return f.reshape(n, -1)
+
+
+class PixelPCA(Encoder):
+    name = "pixels-pca"
+
+    def __init__(self, dim: int = 32):
+        self.dim = dim
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None
+
+    def fit(self, demos, seed: int = 0) -> PixelPCA:
+        x = np.concatenate([_pixels(d) for d in demos])
+        self.mean = x.mean(0)
+        _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+        self.components = vt[: self.dim].astype(np.float32)
+        return self
+
+    def encode(self, frames):
+        if self.components is None:
+            raise RDDError(
+                "PixelPCA is not fitted: call fit(training demos) or build the prior first"
+            )
+        return (_pixels(frames) - self.mean) @ self.components.T
+
+    def state(self):
+        return {"pca_mean": self.mean, "pca_components": self.components}
+
+    @classmethod
+    def from_state(cls, st: dict) -> PixelPCA:
+        e = cls(len(st["pca_components"]))
+        e.mean, e.components = st["pca_mean"], st["pca_components"]
+        return e
+
+
+class _ConvNet(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.LazyLinear(dim),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0 - 0.5
+
+
+class TCNEncoder(Encoder):
+    """Time-contrastive CNN encoder trained on the policy's training demos (no labels)."""
+
+    name = "tcn"
+
+    def __init__(
+        self, dim: int = 32, steps: int = 300, batch: int = 96, window: int = 2, lr: float = 2e-3
+    ):
+        self.dim, self.steps, self.batch, self.window, self.lr = dim, steps, batch, window, lr
+        self.net: _ConvNet | None = None
+
+    def fit(self, demos, seed: int = 0, log=None) -> TCNEncoder:
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        frames = [_to_tensor(check_frames(d)) for d in demos]
+        lens = torch.tensor([len(f) for f in frames])
+        self.net = _ConvNet(self.dim)
+        self.net(frames[0][:1])  # materialise the lazy layer
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
+        for step in range(self.steps):
+            di = torch.randint(len(frames), (self.batch,), generator=g)
+            t = (torch.rand(self.batch, generator=g) * lens[di]).long()
+            dt = torch.randint(-self.window, self.window + 1, (self.batch,), generator=g)
+            t2 = (t + dt).clamp(min=0)
+            t2 = torch.minimum(t2, lens[di] - 1)
+            a = torch.stack([frames[d][i] for d, i in zip(di.tolist(), t.tolist(), strict=True)])
+            b = torch.stack([frames[d][i] for d, i in zip(di.tolist(), t2.tolist(), strict=True)])
+            za, zb = (nn.functional.normalize(self.net(self._augment(x, g)), dim=1) for x in (a, b))
+            logits = za @ zb.T / 0.1
+            # frames of the same demo within the window are not negatives
+            same = (di[:, None] == di[None, :]) & ((t[:, None] - t2[None, :]).abs() <= self.window)
+            logits = logits.masked_fill(same & ~torch.eye(self.batch, dtype=torch.bool), -1e9)
+            loss = nn.functional.cross_entropy(logits, torch.arange(self.batch))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if log is not None and step % 100 == 0:
+                log(f"tcn step {step}: loss {loss.item():.3f}")
+        self.net.eval()
+        return self
+
+    @staticmethod
+    def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        scale = 1 + 0.15 * (torch.rand(len(x), 1, 1, 1, generator=g) - 0.5)
+        return (x + 0.5) * scale - 0.5 + 0.02 * torch.randn(x.shape, generator=g)
+
+    @torch.no_grad()
+    def encode(self, frames):
+        if self.net is None:
+            raise RDDError("TCNEncoder is not trained: call fit(training demos) first")
+        x = _to_tensor(check_frames(frames))
+        return (
+            torch.cat([self.net(x[i : i + 512]) for i in range(0, len(x), 512)])
+            .numpy()
+            .astype(np.float64)
+        )
+
+    def state(self):
+        return {f"tcn.{k}": v.numpy() for k, v in self.net.state_dict().items()}
+
+    @classmethod
+    def from_state(cls, st: dict) -> TCNEncoder:
+        sd = {k[4:]: torch.from_numpy(np.asarray(v)) for k, v in st.items() if k.startswith("tcn.")}
+        head = next(v for v in sd.values() if v.ndim == 2)  # the one Linear layer
+        e = cls(dim=head.shape[0])
+        e.net = _ConvNet(e.dim)
+        e.net.net[-1] = nn.Linear(head.shape[1], e.dim)
+        e.net.load_state_dict(sd)
+        e.net.eval()
+        return e
+
+
+class HFVisionEncoder(Encoder):
+    """A local Hugging Face vision model (``AutoModel`` + ``AutoImageProcessor``)."""
+
+    def __init__(self, path: str, batch: int = 64):
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.name = f"hf:{path}"
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        except OSError as e:
+            raise RDDError(f"{path}: not a local HF vision model directory ({e})") from e
+        self.batch = batch
+
+    @torch.no_grad()
+    def encode(self, frames):
+        frames = check_frames(frames)
+        out = []
+        for i in range(0, len(frames), self.batch):
+            inputs = self.processor(images=list(frames[i : i + self.batch]), return_tensors="pt")
+            model = getattr(self.model, "vision_model", self.model)  # CLIP-style wrappers
+            o = model(pixel_values=inputs["pixel_values"])
+            pooled = getattr(o, "pooler_output", None)
+            out.append(pooled if pooled is not None else o.last_hidden_state.mean(1))
+        return torch.cat(out).float().numpy().astype(np.float64)
+
+
+ENCODERS = ("pixels-pca", "tcn", "hf:<local dir>")
+
+
+def get_encoder(name: str, state: dict | None = None) -> Encoder:
+    """An encoder by name; ``state`` restores a fitted one (from a prior's ``.npz``)."""
+    if name == "pixels-pca":
+        return PixelPCA.from_state(state) if state else PixelPCA()
+    if name == "tcn":
+        return TCNEncoder.from_state(state) if state else TCNEncoder()
+    if name.startswith("hf:"):
+        return HFVisionEncoder(name[3:])
+    raise RDDError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")

@@ -1,0 +1,258 @@
+"""The prior: one key per labelled sub-task interval of the policy's training data.
+
+An interval [s, e) of per-frame features f is keyed by concat(f[s], f[e-1]) ("default" mode) or
+f[e-1] alone ("ood" mode). Retrieval is k = 1 nearest neighbour under the angular distance
+sqrt(2 - 2 cos) (what Annoy's "angular" metric, used by the official code, returns) or L2.
+
+Exact search never materialises the interval keys: with concatenated keys both the dot product
+and the squared norms split into a start part and an end part, so the distance of every
+candidate interval to every prior key is a sum of two entries of (N x P) matrices computed once
+per demo. ANN search (faiss) materialises the keys in chunks and queries them in batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from fmlab.core.io import atomic_path
+
+__all__ = ["INDEXES", "METRICS", "MODES", "Prior", "RDDError", "check_features"]
+
+Mode = Literal["default", "ood"]
+MODES = ("default", "ood")
+METRICS = ("angular", "l2")
+# exact: the decomposed search above; faiss-flat: faiss brute force on materialised keys;
+# faiss-hnsw: faiss HNSW graph (approximate).
+INDEXES = ("exact", "faiss-flat", "faiss-hnsw")
+_CHUNK = 4_000_000  # elements of a (intervals x keys) distance block
+
+
+class RDDError(ValueError):
+    """Bad input to RDD, with what is wrong and how to fix it."""
+
+
+def check_features(x, what: str, dim: int | None = None) -> np.ndarray:
+    """An (N x D) finite float array, or an RDDError naming ``what`` and the fix."""
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise RDDError(f"{what}: features must be a 2-D (frames x dims) array, got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise RDDError(f"{what}: no frames")
+    if not np.issubdtype(a.dtype, np.number):
+        raise RDDError(f"{what}: features must be numeric, got dtype {a.dtype}")
+    if dim is not None and a.shape[1] != dim:
+        raise RDDError(
+            f"{what}: feature dimension {a.shape[1]} does not match the prior's {dim}; encode the "
+            "demo with the encoder the prior was built with"
+        )
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise RDDError(f"{what}: NaN or inf at frame {bad[0]}, dim {bad[1]}; clean the features")
+    return a.astype(np.float64, copy=False)
+
+
+@dataclass
+class Prior:
+    """Keys, durations (frames) and labels of the prior's sub-task intervals."""
+
+    keys: np.ndarray  # (P x K) float
+    durations: np.ndarray  # (P,) int, frames
+    labels: np.ndarray  # (P,) str
+    dim: int  # per-frame feature dimension D
+    mode: Mode = "default"
+    metric: str = "angular"
+    index: str = "exact"
+    encoder: str = ""
+    encoder_state: dict = field(default_factory=dict)  # a fitted encoder's arrays
+    _ann: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise RDDError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.metric not in METRICS:
+            raise RDDError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.index not in INDEXES:
+            raise RDDError(f"index must be one of {INDEXES}, got {self.index!r}")
+        self.keys = np.asarray(self.keys, dtype=np.float64)
+        self.durations = np.asarray(self.durations, dtype=np.int64)
+        self.labels = np.asarray(self.labels, dtype=str)
+        if len(self.keys) == 0:
+            raise RDDError("the prior is empty: build it from at least one labelled clip")
+        k = self.dim * (2 if self.mode == "default" else 1)
+        if self.keys.ndim != 2 or self.keys.shape[1] != k:
+            raise RDDError(f"keys must be (P x {k}) for dim {self.dim} in {self.mode} mode")
+        if not (len(self.durations) == len(self.labels) == len(self.keys)):
+            raise RDDError("keys, durations and labels must have the same length")
+        if (self.durations < 1).any():
+            raise RDDError("every prior interval needs a duration of at least 1 frame")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def from_clips(
+        cls,
+        clips: Sequence[np.ndarray],
+        labels: Sequence[str],
+        mode: Mode = "default",
+        index: str = "exact",
+        metric: str = "angular",
+        encoder: str = "",
+    ) -> Prior:
+        """One key per clip: ``clips[i]`` is the (L_i x D) features of one labelled interval."""
+        if len(clips) == 0:
+            raise RDDError("no clips: the prior needs at least one labelled sub-task interval")
+        if len(clips) != len(labels):
+            raise RDDError(f"{len(clips)} clips but {len(labels)} labels")
+        dim = None
+        keys, durs = [], []
+        for i, c in enumerate(clips):
+            a = check_features(c, f"clip {i} ({labels[i]})", dim)
+            dim = a.shape[1]
+            keys.append(_key(a[0], a[-1], mode))
+            durs.append(len(a))
+        return cls(np.stack(keys), np.array(durs), np.array(labels, dtype=str), dim, mode, metric,
+                   index, encoder)  # fmt: skip
+
+    def with_index(self, index: str) -> Prior:
+        """The same prior searched through another index."""
+        return Prior(self.keys, self.durations, self.labels, self.dim, self.mode, self.metric,
+                     index, self.encoder, self.encoder_state)  # fmt: skip
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write an ``.npz`` (no pickled objects) atomically."""
+        path = Path(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                keys=self.keys.astype(np.float32),
+                durations=self.durations,
+                labels=self.labels.astype(str),
+                dim=np.array(self.dim),
+                mode=np.array(self.mode),
+                metric=np.array(self.metric),
+                encoder=np.array(self.encoder),
+                **{f"enc.{k}": np.asarray(v) for k, v in self.encoder_state.items()},
+            )
+
+    @classmethod
+    def load(cls, path: str | Path, index: str = "exact") -> Prior:
+        path = Path(path)
+        if not path.is_file():
+            raise RDDError(f"{path}: no such prior file; build one with `fmlab rdd build-prior`")
+        try:
+            z = np.load(path, allow_pickle=False)
+            need = {"keys", "durations", "labels", "dim", "mode"}
+            if missing := need - set(z.files):
+                raise RDDError(f"{path}: not an RDD prior (missing {sorted(missing)})")
+            return cls(z["keys"], z["durations"], z["labels"], int(z["dim"]), str(z["mode"]),
+                       str(z["metric"]) if "metric" in z.files else "angular", index,
+                       str(z["encoder"]) if "encoder" in z.files else "",
+                       {k[4:]: z[k] for k in z.files if k.startswith("enc.")})  # fmt: skip
+        except (OSError, ValueError) as e:
+            if isinstance(e, RDDError):
+                raise
+            raise RDDError(
+                f"{path}: unreadable prior ({e}); rebuild it with `fmlab rdd build-prior`"
+            ) from e
+
+    # -- retrieval ----------------------------------------------------------------------------
+    def search(self, features: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+        """Nearest prior key of each interval [starts[i], ends[i]) of ``features``.
+
+        Returns (distance, neighbour index), each shaped like ``starts``."""
+        f = check_features(features, "demo", self.dim)
+        starts, ends = np.asarray(starts), np.asarray(ends)
+        shape = starts.shape
+        s, e = starts.ravel(), ends.ravel() - 1
+        if self.index == "exact":
+            d, nn = self._exact(f, s, e)
+        else:
+            d, nn = self._faiss(f, s, e)
+        return d.reshape(shape), nn.reshape(shape)
+
+    def _exact(self, f: np.ndarray, s: np.ndarray, e: np.ndarray):
+        k = self.keys
+        ke = k[:, -self.dim :]
+        fe = f @ ke.T  # (N x P) end-frame dot products
+        f2 = (f * f).sum(1)
+        k2 = (k * k).sum(1)
+        if self.mode == "default":
+            fs = f @ k[:, : self.dim].T
+        dist = np.empty(len(s))
+        nn = np.empty(len(s), dtype=np.int64)
+        step = max(1, _CHUNK // len(k))
+        for i in range(0, len(s), step):
+            si, ei = s[i : i + step], e[i : i + step]
+            dot = fe[ei]
+            q2 = f2[ei]
+            if self.mode == "default":
+                dot = dot + fs[si]
+                q2 = q2 + f2[si]
+            if self.metric == "angular":
+                cos = dot / np.sqrt(np.maximum(q2[:, None] * k2[None, :], 1e-300))
+                j = cos.argmax(1)
+                c = np.clip(cos[np.arange(len(j)), j], -1.0, 1.0)
+                dist[i : i + step] = np.sqrt(np.maximum(2.0 - 2.0 * c, 0.0))
+            else:
+                d2 = q2[:, None] - 2 * dot + k2[None, :]
+                j = d2.argmin(1)
+                dist[i : i + step] = np.sqrt(np.maximum(d2[np.arange(len(j)), j], 0.0))
+            nn[i : i + step] = j
+        return dist, nn
+
+    def _faiss(self, f: np.ndarray, s: np.ndarray, e: np.ndarray):
+        import faiss
+
+        if self._ann is None:
+            keys = self._prep(self.keys)
+            if self.index == "faiss-flat":
+                ann = faiss.IndexFlatL2(keys.shape[1])
+            else:
+                ann = faiss.IndexHNSWFlat(keys.shape[1], 32)
+                ann.hnsw.efSearch = 64
+            ann.add(keys)
+            self._ann = ann
+        dist = np.empty(len(s))
+        nn = np.empty(len(s), dtype=np.int64)
+        step = max(1, _CHUNK // self.keys.shape[1])
+        for i in range(0, len(s), step):
+            q = f[e[i : i + step]]
+            if self.mode == "default":
+                q = np.concatenate([f[s[i : i + step]], q], 1)
+            d2, j = self._ann.search(self._prep(q), 1)
+            dist[i : i + step] = np.sqrt(np.maximum(d2[:, 0], 0.0))
+            nn[i : i + step] = j[:, 0]
+        return dist, nn
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.metric == "angular":  # L2 between unit vectors = sqrt(2 - 2 cos)
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        return x
+
+
+def _key(first: np.ndarray, last: np.ndarray, mode: str) -> np.ndarray:
+    return np.concatenate([first, last]) if mode == "default" else np.asarray(last)
+
+
+def naive_distance(prior: Prior, features: np.ndarray, s: int, e: int) -> tuple[float, int]:
+    """Nearest key of one interval by direct comparison with every key (for tests)."""
+    q = _key(features[s], features[e - 1], prior.mode).astype(np.float64)
+    best, arg = math.inf, -1
+    for j, k in enumerate(prior.keys):
+        if prior.metric == "angular":
+            c = float(q @ k) / max(math.sqrt(float(q @ q) * float(k @ k)), 1e-300)
+            d = math.sqrt(max(2.0 - 2.0 * min(1.0, max(-1.0, c)), 0.0))
+        else:
+            d = float(np.sqrt(((q - k) ** 2).sum()))
+        if d < best:
+            best, arg = d, j
+    return best, arg

@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fmlab.cli import app
+from fmlab.rdd import Prior, RDDError, arena, segment
+from fmlab.rdd.encoders import HFVisionEncoder, PixelPCA, TCNEncoder, get_encoder
+
+
+def test_arena_is_seeded_and_the_true_plan_succeeds():
+    a = arena.make_split(3, "adversarial", 1)
+    b = arena.make_split(3, "adversarial", 1)
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(a, b, strict=True))
+    for split in ("train", "standard", "ood"):
+        for ep in arena.make_split(0, split, 1):
+            assert ep.frames.shape[1:] == (arena.SIZE, arena.SIZE, 3)
+            assert ep.boundaries[-1][1] == len(ep) == len(ep.states)
+            plan = [
+                (lab, ep.states[e - 1])
+                for (_, e), lab in zip(ep.boundaries, ep.labels, strict=True)
+            ]
+            assert arena.success(arena.execute(ep.states[0], plan), ep.states[-1])
+            # dropping a step fails the plan, except a wait or a step redone later (push, push)
+            for i, lab in enumerate(ep.labels):
+                if lab != "wait" and lab not in ep.labels[i + 1 :]:
+                    short = plan[:i] + plan[i + 1 :]
+                    assert not arena.success(arena.execute(ep.states[0], short), ep.states[-1])
+
+
+def test_encoders_fit_encode_and_round_trip():
+    eps = arena.make_split(0, "train", 1)[:4]
+    frames = [ep.frames for ep in eps]
+    pca = PixelPCA(8).fit(frames)
+    tcn = TCNEncoder(dim=8, steps=5, batch=16).fit(frames)
+    for enc in (pca, tcn):
+        f = enc.encode(frames[0])
+        assert f.shape == (len(frames[0]), 8) and np.isfinite(f).all()
+        back = get_encoder(enc.name, enc.state())
+        np.testing.assert_allclose(back.encode(frames[0]), f, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RDDError, match="expected \\(N, H, W, 3\\)"):
+        pca.encode(np.zeros((3, 8, 8)))
+    with pytest.raises(RDDError, match="not fitted"):
+        PixelPCA().encode(frames[0])
+
+
+def test_hf_vision_encoder_on_a_tiny_local_vit(tmp_path):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    ViTModel(cfg).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    enc = get_encoder(f"hf:{tmp_path / 'vit'}")
+    assert isinstance(enc, HFVisionEncoder)
+    ep = arena.make_split(0, "standard", 1)[0]
+    f = enc.encode(ep.frames[:10])
+    assert f.shape == (10, 16) and np.isfinite(f).all()
+    with pytest.raises(RDDError, match="not a local HF vision model"):
+        get_encoder(f"hf:{tmp_path / 'missing'}")
+
+
+def test_cli_build_prior_segment_and_errors(tmp_path):
+    r = CliRunner()
+    res = r.invoke(app, ["rdd", "make-demos", "--out", str(tmp_path / "train"), "--split", "train"])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(
+        app, ["rdd", "make-demos", "--out", str(tmp_path / "test"), "--split", "standard"]
+    )
+    assert res.exit_code == 0, res.output
+    train = sorted((tmp_path / "train").glob("*.npz"))
+    res = r.invoke(app, ["rdd", "build-prior", *map(str, train), "--out", str(tmp_path / "p.npz"),
+                         "--encoder", "pixels-pca"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert Prior.load(tmp_path / "p.npz").encoder == "pixels-pca"
+    demo = sorted((tmp_path / "test").glob("*.npz"))[0]
+    out = tmp_path / "seg.json"
+    res = r.invoke(app, ["rdd", "segment", str(demo), "--prior", str(tmp_path / "p.npz"), "--out",
+                         str(out), "--plot", str(tmp_path / "t.png")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    seg = json.loads(out.read_text())
+    assert seg["boundaries"][0][0] == 0 and "miou" in seg["metrics"]
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    # features of the wrong width: a clear error, nothing written
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, features=np.zeros((20, 5)))
+    res = r.invoke(app, ["rdd", "segment", str(bad), "--prior", str(tmp_path / "p.npz"), "--out",
+                         str(tmp_path / "bad.json")])  # fmt: skip
+    assert res.exit_code == 2 and "dimension 5 does not match the prior's 32" in res.output
+    assert not (tmp_path / "bad.json").exists()
+    res = r.invoke(app, ["rdd", "build-prior", str(demo), "--out", str(tmp_path / "q.npz")])
+    assert res.exit_code == 2 and "--encoder" in res.output and not (tmp_path / "q.npz").exists()
+
+
+def test_exact_and_faiss_indexes_give_the_same_segmentation():
+    ep = arena.make_split(0, "standard", 1)[0]
+    train = arena.make_split(0, "train", 1)
+    clips = [arena.state_features(t.states)[sl] for t in train for _, sl in t.clips()]
+    labels = [lab for t in train for lab, _ in t.clips()]
+    prior = Prior.from_clips(clips, labels)
+    f = arena.state_features(ep.states)
+    a = segment(f, prior)
+    b = segment(f, prior.with_index("faiss-flat"))
+    assert a.boundaries == b.boundaries and a.labels == b.labels
