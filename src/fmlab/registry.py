@@ -45,6 +45,11 @@ METHODS: tuple[Method, ...] = (
         quick_bench="fmlab.param_delta.bench:quick",
     ),
     Method(
+        name="rsparse",
+        package="fmlab.rsparse",
+        summary="R-Sparse: training-free activation sparsity (in progress: uniform recipes only).",
+    ),
+    Method(
         name="rdd",
         package="fmlab.rdd",
         summary="RDD: cut demonstrations into sub-tasks by retrieval against the policy's data.",
