@@ -148,7 +148,8 @@ def load_record(path: str | os.PathLike) -> dict[str, Any]:
     return d
 
 
-def _figure():
+def figure():
+    """pyplot on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +158,8 @@ def _figure():
     return plt
 
 
-def _save(fig, plt, path: str | os.PathLike) -> Path:
+def save_figure(fig, plt, path: str | os.PathLike) -> Path:
+    """Save ``fig`` atomically (format from the suffix) and close it."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
@@ -177,7 +179,7 @@ def line_plot(
     logy: bool = False,
 ) -> Path:
     """One line per series over shared ``x``, with optional ±error bands; saved as PNG."""
-    plt = _figure()
+    plt = figure()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, ys in series.items():
         ax.plot(x, ys, marker="o", label=name)
@@ -194,7 +196,7 @@ def line_plot(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def bar_plot(
@@ -205,7 +207,7 @@ def bar_plot(
     errors: Mapping[str, float] | None = None,
 ) -> Path:
     """Bars for named values (e.g. arms), with optional error bars; saved as PNG."""
-    plt = _figure()
+    plt = figure()
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(values)), 4))
     names = list(values)
     errs = [errors.get(n, 0.0) for n in names] if errors else None
@@ -214,7 +216,7 @@ def bar_plot(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def _fmt(v: Any) -> str:

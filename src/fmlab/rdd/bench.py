@@ -73,7 +73,7 @@ class ArenaConfig:
                    uvd_min_interval=(5, 12), uvd_gamma=(0.08,))  # fmt: skip
 
 
-def _encode(name: str, train, episodes, seed: int, steps: int):
+def _encode(name: str, train, seed: int, steps: int):
     """Features of every episode (dict id -> array) under encoder ``name`` fitted on ``train``."""
     if name == "state":
         return lambda ep: arena.state_features(ep.states)
@@ -127,7 +127,7 @@ def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
     out: dict = {"main": {}, "ablations": {}, "uvd_params": {}}
     for enc_name in cfg.encoders:
         t0 = time.perf_counter()
-        enc = _encode(enc_name, train, None, seed, cfg.tcn_steps)
+        enc = _encode(enc_name, train, seed, cfg.tcn_steps)
         feats = {id(ep): enc(ep) for ep in [*train, *(e for sp in tests.values() for e in sp)]}
         log(f"seed {seed}: {enc_name} features in {time.perf_counter() - t0:.1f} s")
         prior = _prior(train, feats)
@@ -154,6 +154,20 @@ def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
             out["main"].setdefault(sp, {})[enc_name] = {a: _mean(r) for a, r in rows.items()}
         if enc_name != cfg.headline_encoder:
             continue
+        if seed == cfg.seeds[0]:  # one demo's segmentations for the timeline plot
+            ep = tests.get("adversarial", next(iter(tests.values())))[0]
+            f = feats[id(ep)]
+            out["timeline"] = (
+                f"one {ep.split} demo ({ep.tags[0]}), {enc_name} features",
+                {
+                    "true": Segmentation(ep.boundaries, ep.labels, method="true"),
+                    "RDD": segment(f, prior, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
+                    "UVD": label_segments(f, prior, uvd_segment(f, **uvd_p)),
+                    "uniform": label_segments(
+                        f, prior, uniform_segment(len(f), len(ep.boundaries))
+                    ),
+                },
+            )
         ab = out["ablations"]
         eps = tests["standard"] + tests.get("adversarial", [])
         for a in cfg.ablate_alpha:
@@ -263,7 +277,9 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
         line_plot(out / "arena_alpha.png", xs, {m: [ablations["alpha"][str(a)][m]["mean"] for a in cfg.ablate_alpha] for m in ("miou", "boundary_f1")},
                   "alpha (duration weight)", "score", "RDD ablation: alpha (standard + adversarial)")  # fmt: skip
         plots.append("arena_alpha.png")
-    plots.append(_timeline(out, cfg))
+    title, rows = per_seed[0]["timeline"]
+    plot_timeline(out / "arena_timeline.png", rows, title)
+    plots.append("arena_timeline.png")
 
     def cell(v: dict) -> str:
         return f"{v['mean']:.3f} ± {v['std']:.3f}"
@@ -296,29 +312,6 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
     rec.wall_s = t.s
     write_record(rec, out / "arena.json")
     return rec
-
-
-def _timeline(out: Path, cfg: ArenaConfig) -> str:
-    """Predicted vs true segments of one adversarial test demo (seed 0, headline encoder)."""
-    seed = cfg.seeds[0]
-    train = arena.make_split(seed, "train", cfg.prior_demos)
-    ep = arena.make_split(seed, "adversarial", 1)[0]
-    enc = _encode(cfg.headline_encoder, train, None, seed, cfg.tcn_steps)
-    feats = {id(e): enc(e) for e in [*train, ep]}
-    prior = _prior(train, feats)
-    f = feats[id(ep)]
-    uvd_p = _tune_uvd(train, feats, cfg)
-    rows = {
-        "true": Segmentation(ep.boundaries, ep.labels, method="true"),
-        "RDD": segment(f, prior, cfg.alpha, 0.0, cfg.min_len, cfg.max_len),
-        "UVD": label_segments(f, prior, uvd_segment(f, **uvd_p)),
-        "uniform": label_segments(f, prior, uniform_segment(len(f), len(ep.boundaries))),
-    }
-    name = "arena_timeline.png"
-    plot_timeline(
-        out / name, rows, f"one adversarial demo ({ep.tags[0]}), {cfg.headline_encoder} features"
-    )
-    return name
 
 
 def run_scaling(

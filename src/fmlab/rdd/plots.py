@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from fmlab.core.results import figure, save_figure
 from fmlab.rdd.segment import Segmentation
 
 __all__ = ["plot_timeline"]
 
 
 def plot_timeline(path: str | Path, rows: Mapping[str, Segmentation], title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figure()
     labels = sorted({lab for seg in rows.values() for lab in seg.labels})
     colors = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.0))
@@ -28,9 +25,4 @@ def plot_timeline(path: str | Path, rows: Mapping[str, Segmentation], title: str
     ax.set_xlabel("frame")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, plt, path)
