@@ -114,9 +114,9 @@ class RSparseLinear(nn.Module):
             else:
                 self.lr_us = self.lr_vt = None
             self.rank = r
-        self._set_threshold(self._threshold_for(k))
+        self.set_threshold(self._threshold_for(k))
 
-    def _set_threshold(self, tau: float) -> None:
+    def set_threshold(self, tau: float) -> None:
         self.threshold.fill_(tau)
         self._tau = float(tau)
         self._np = None  # numpy views for the decode kernel, rebuilt on first use
@@ -137,7 +137,7 @@ class RSparseLinear(nn.Module):
         if s.numel() > CALIB_SAMPLES:  # a strided subsample has the same distribution
             s = s[:: math.ceil(s.numel() / CALIB_SAMPLES)]
         self.calib = torch.sort(s).values
-        self._set_threshold(self._threshold_for(self.k))
+        self.set_threshold(self._threshold_for(self.k))
 
     @property
     def keep_fraction(self) -> float:
