@@ -47,7 +47,8 @@ METHODS: tuple[Method, ...] = (
     Method(
         name="rsparse",
         package="fmlab.rsparse",
-        summary="R-Sparse: training-free activation sparsity (in progress: uniform recipes only).",
+        summary="R-Sparse: training-free activation sparsity (sparse channels + low-rank rest).",
+        quick_bench="fmlab.rsparse.bench:quick",
     ),
     Method(
         name="rdd",

@@ -436,6 +436,51 @@ def _weight_bytes(model) -> dict[str, float]:
     return {"block_linear_bytes": block * esz, "total_bytes": (block + head) * esz}
 
 
+def _us_per_call(fn, copies: int, calls: int) -> float:
+    for i in range(50):
+        fn(i % copies)
+    t0 = time.perf_counter()
+    for i in range(calls):
+        fn(i % copies)
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def kernel_microbench(shapes, keep=(1.0, 0.5), copies: int = 48, calls: int = 1500) -> list[dict]:
+    """Microseconds per call of torch's dense ``mv`` and of the decode kernel at each kept
+    fraction, with weights out of cache (``copies`` matrices in rotation, as in a real decode,
+    where every layer's weights are read once per token)."""
+    import functools
+
+    import numpy as np
+
+    from fmlab.rsparse import kernel
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for d_out, d_in in shapes:
+        ws = [torch.randn(d_out, d_in, generator=g) for _ in range(copies)]
+        wts = [w.t().contiguous().numpy() for w in ws]
+        x = torch.randn(d_in, generator=g)
+        xn, cn, y = x.numpy(), np.ones(d_in, np.float32), np.empty(d_out, np.float32)
+        e_in, e_out = np.zeros((d_in, 0), np.float32), np.zeros((d_out, 0), np.float32)
+
+        def dense(i, ws=ws, x=x):
+            return torch.mv(ws[i], x)
+
+        def sparse(i, tau, wts=wts, args=(xn, cn, e_in, e_out, y)):
+            xv, c, a, b, out = args
+            kernel.sparse_lowrank_gemv(xv, wts[i], c, tau, a, b, out)
+
+        row = {"shape": [d_out, d_in], "dense_mv_us": _us_per_call(dense, copies, calls)}
+        for frac in keep:
+            tau = float(np.quantile(np.abs(xn), 1 - frac)) if frac < 1 else -1.0
+            row[f"kernel_{round(frac * 100)}_us"] = _us_per_call(
+                functools.partial(sparse, tau=tau), copies, calls
+            )
+        rows.append(row)
+    return rows
+
+
 def run_speed(
     out_dir: str | Path,
     model_name: str = "smollm2-135m-instruct",
@@ -500,6 +545,10 @@ def run_speed(
                 arm(
                     model, "kernel-dense", "every channel kept but forced through the decode kernel"
                 )
+        shapes = sorted({tuple(m.weight.shape) for m in rsparse_modules(model).values()})
+        micro = kernel_microbench(shapes)
+        for row in micro:
+            log(f"kernel {row}")
     dense = results["dense"]["decode_tokens_per_s"]
     for r in results.values():
         r["decode_speedup_vs_dense"] = r["decode_tokens_per_s"] / dense
@@ -529,6 +578,7 @@ def run_speed(
         },
         metrics={
             **{k: v for k, v in results[main].items() if k != "note"},
+            "kernel_microbench": micro,
             "peak_rss_mb": peak_rss_mb(),
         },
         baselines={k: v for k, v in results.items() if k != main},

@@ -118,7 +118,6 @@ class RSparseLinear(nn.Module):
 
     def set_threshold(self, tau: float) -> None:
         self.threshold.fill_(tau)
-        self._tau = float(tau)
         self._np = None  # numpy views for the decode kernel, rebuilt on first use
 
     def _threshold_for(self, k: int) -> float:
@@ -162,7 +161,7 @@ class RSparseLinear(nn.Module):
         if self._collect is not None:  # calibrating: record scores of dense activations
             self._collect.append(self.scores(x.detach()).reshape(-1, self.in_features).float())
             return nn.functional.linear(x, self.weight, self.bias)
-        tau = self._tau
+        tau = self.threshold.item()
         if tau == -math.inf:  # everything kept: the dense layer exactly
             return nn.functional.linear(x, self.weight, self.bias)
         if (
