@@ -164,3 +164,17 @@ def test_save_and_load_a_sparsified_model(tmp_path, bpe_tokenizer):
         torch.testing.assert_close(loaded(input_ids=ids[:, :1]).logits, ref1)
     with pytest.raises(Exception, match="not a sparsified model"):
         load_sparse(tmp_path)
+
+
+def test_bench_memo_resumes_with_the_same_settings_only(tmp_path):
+    from dataclasses import asdict
+
+    from fmlab.rsparse.bench import QualityConfig, _Memo
+
+    cfg = QualityConfig()  # holds tuples, which JSON stores as lists
+    m = _Memo(tmp_path / "memo.json", asdict(cfg))
+    m.put("teal|0.5|all", 29.0)
+    again = _Memo(tmp_path / "memo.json", asdict(cfg))
+    assert again.resumed == 1 and again.get("teal|0.5|all") == 29.0
+    other = _Memo(tmp_path / "memo.json", asdict(QualityConfig(seed=1)))
+    assert other.resumed == 0 and other.get("teal|0.5|all") is None

@@ -17,6 +17,7 @@ Long runs print progress and resume: finished evaluations and searched recipes a
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -117,13 +118,15 @@ class _Memo:
     """Finished evaluations of this run's settings, kept on disk so a rerun resumes."""
 
     def __init__(self, path: Path, key: dict):
-        self.path, self.key = path, key
+        self.path, self.key = path, json.loads(json.dumps(key))  # tuples as JSON lists
         self.data: dict = {}
+        self.resumed = 0
         if path.is_file():
             try:
                 d = read_json(path)
-                if d.get("key") == key:
+                if d.get("key") == self.key:
                     self.data = d["data"]
+                    self.resumed = len(self.data)
                     _log(f"resuming: {len(self.data)} finished entries in {path}")
             except ValueError:
                 pass
@@ -219,6 +222,9 @@ def run_quality(
         for s in cfg.sparsities:
             sparsify(model, recipe=teal[f"{s:g}"])
             evaluate(model, "teal", s, lambda p: set_protocol(model, p), probe=s == 0.5)
+        for s in cfg.sparsities:  # ablation: TEAL's scores with a uniform allocation
+            sparsify(model, s, 1.0)
+            evaluate(model, "teal-uniform", s, lambda p: set_protocol(model, p))
 
         # R-Sparse: |x|·‖W_j‖ scores, uniform α (best on the search text) and searched
         model, tok = load_pretrained(cfg.model, device="cpu")
@@ -323,6 +329,7 @@ def run_quality(
             "data": "prose corpus: document split 80/10/10; thresholds on 'calib', search fitness on later 'calib' tokens, perplexity on 'test'",
             "sparsity_definition": "parameter-weighted over the 7 block linears of every layer (embeddings / LM head dense)",
             "command": "fmlab rsparse bench",
+            "resumed_entries": memo.resumed,
         },
         metrics={
             "dense_ppl": dense_ppl,
@@ -343,6 +350,7 @@ def run_quality(
         baselines={
             "dense": {"ppl@50": dense_ppl, "delta_ppl@50": 0.0},
             "teal": row("teal"),
+            "teal-uniform": row("teal-uniform"),
             "rsparse-uniform": row("rsparse-uniform"),
             **({"cats": row("cats")} if cats_reach else {}),
         },
@@ -350,6 +358,7 @@ def run_quality(
         headline=["dense_ppl", "ppl@50", "delta_ppl@50"],
         notes=[
             "Protocol 'all': every token of every forward is sparse. 'tail': only the last 10% of each forward's tokens (the official code's evaluation); with a 512-token window scored on its last 256 tokens, most scored tokens are then computed densely.",
+            "A resumed run reuses finished evaluations and searches (setup.resumed_entries); wall_s then covers only the last run, and teal_greedy_s / search_s give the search costs.",
             "The evolutionary search is seeded with TEAL's greedy sparsities (α = 1), the best uniform α and uniform α = 1, so on the search text it cannot end worse than those seeds; on the test text it can.",
             *[f"CATS at {k}: {v}" for k, v in extra.get("cats_unreachable", {}).items()],
         ],
