@@ -368,21 +368,31 @@ def run_quality(
     return rec
 
 
-def _plot_quality(path: Path, cfg, ppl, dense_ppl) -> Path:
+def _plot_quality(path: Path, cfg, ppl, dense_ppl, ymax: float = 1000.0) -> Path:
+    """Perplexity vs sparsity, one panel per protocol; points above ``ymax`` sit on the top
+    edge as open triangles (CATS at 50% is ~1e11 and would flatten everything else)."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, protocol in zip(axes, PROTOCOLS, strict=True):
-        for method, byp in ppl.items():
-            xs = [float(k) for k in byp[protocol]]
-            ax.plot([100 * x for x in xs], list(byp[protocol].values()), marker="o", label=method)
+        for i, (method, byp) in enumerate(ppl.items()):
+            xs = [100 * float(k) for k in byp[protocol]]
+            ys = list(byp[protocol].values())
+            color = f"C{i}"
+            ax.plot(xs, [min(y, ymax) for y in ys], marker="o", color=color, label=method)
+            off = [(x, y) for x, y in zip(xs, ys, strict=True) if y > ymax]
+            for x, y in off:
+                ax.plot([x], [ymax], marker="^", ms=10, mfc="none", color=color)
+                ax.annotate(f"{y:.0e}", (x, ymax), textcoords="offset points", xytext=(4, -12),
+                            fontsize=7, color=color)  # fmt: skip
         ax.axhline(dense_ppl, color="k", ls="--", lw=1, label="dense")
         ax.set_yscale("log")
+        ax.set_ylim(dense_ppl * 0.9, ymax * 1.1)
         ax.set_xlabel("model-level sparsity (%)")
         ax.set_title(f"protocol: {protocol}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"perplexity ({cfg.test_tokens} held-out tokens)")
-    axes[0].legend()
-    fig.suptitle(f"{cfg.model}: perplexity vs sparsity")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{cfg.model}: perplexity vs sparsity (lower is better)")
     return save_figure(fig, plt, path)
 
 
