@@ -46,3 +46,38 @@ def test_eval_dense_on_a_text_file(smollm2, tmp_path):
     assert res.exit_code == 0, res.output
     rec = json.loads(out.read_text())
     assert rec["tokens"] == 63 and rec["protocol"] == "n/a" and rec["ppl"] < 50
+
+
+@pytest.mark.slow
+def test_search_save_and_eval_round_trip_on_a_local_model(tmp_path, bpe_tokenizer):
+    from fmlab.core.models import build_model
+
+    model_dir = tmp_path / "m"
+    build_model("llama-tiny", len(bpe_tokenizer), seed=0).save_pretrained(model_dir)
+    bpe_tokenizer.save_pretrained(model_dir)
+    recipe, sparse = tmp_path / "r.json", tmp_path / "sp"
+    res = runner.invoke(
+        app,
+        ["rsparse", "search", "--model", str(model_dir), "--sparsity", "0.5", "--out", str(recipe),
+         "--save", str(sparse), "--generations", "1", "--population", "2"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(recipe.read_text())
+    assert doc["target"] == 0.5 and len(doc["modules"]) == 14
+    text = tmp_path / "t.txt"
+    text.write_text("A short text to score, about the sea and the ships. " * 10)
+    outs = {}
+    for name, extra in {
+        "saved": ["--sparse", str(sparse)],
+        "recipe": ["--model", str(model_dir), "--recipe", str(recipe)],
+    }.items():
+        out = tmp_path / f"{name}.json"
+        res = runner.invoke(
+            app, ["rsparse", "eval", *extra, "--text", str(text), "--json", str(out)]
+        )
+        assert res.exit_code == 0, res.output
+        outs[name] = json.loads(out.read_text())
+    # the saved model and the recipe re-applied to the base model are the same sparse model
+    assert outs["saved"]["ppl"] == pytest.approx(outs["recipe"]["ppl"], rel=1e-4)
+    res = runner.invoke(app, ["rsparse", "eval", "--model", str(model_dir), "--text", str(text)])
+    assert res.exit_code != 0 and "no shipped recipe" in res.output

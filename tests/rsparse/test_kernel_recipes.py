@@ -178,3 +178,23 @@ def test_bench_memo_resumes_with_the_same_settings_only(tmp_path):
     assert again.resumed == 1 and again.get("teal|0.5|all") == 29.0
     other = _Memo(tmp_path / "memo.json", asdict(QualityConfig(seed=1)))
     assert other.resumed == 0 and other.get("teal|0.5|all") is None
+
+
+def test_works_on_a_qwen2_style_model_with_biases():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    mods = sparsify(model, 0.5, 0.8)
+    assert len(mods) == 14 and mods["model.layers.0.self_attn.q_proj"].bias is not None
+    calibrate(model, [torch.randint(0, 64, (2, 32))])
+    ids = torch.randint(0, 64, (1, 1))
+    with torch.no_grad():
+        fast = model(input_ids=ids).logits
+        for m in mods.values():
+            m.fast = False
+        torch.testing.assert_close(fast, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
