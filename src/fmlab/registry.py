@@ -51,6 +51,11 @@ METHODS: tuple[Method, ...] = (
         quick_bench="fmlab.rsparse.bench:quick",
     ),
     Method(
+        name="tempo",
+        package="fmlab.tempo",
+        summary="Tempo: query-aware video token compression with adaptive allocation (in progress).",
+    ),
+    Method(
         name="rdd",
         package="fmlab.rdd",
         summary="RDD: cut demonstrations into sub-tasks by retrieval against the policy's data.",

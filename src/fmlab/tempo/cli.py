@@ -1,0 +1,164 @@
+"""`fmlab tempo make-video|compress|answer|train|bench`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from fmlab.core.cliutil import fail
+
+app = typer.Typer(
+    help="Tempo: query-aware long-video compression with Adaptive Token Allocation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _default_model() -> Path:
+    from fmlab.core.io import cache_dir
+
+    return cache_dir() / "tempo" / "tempo"
+
+
+def _load(model: Path | None):
+    from fmlab.core.io import CheckpointError
+    from fmlab.tempo.pipeline import Stack
+
+    path = model or _default_model()
+    if not path.exists():
+        fail(f"{path}: no trained Tempo model; run `fmlab tempo train --out {path}` first")
+    try:
+        stack = Stack.load(path)
+    except CheckpointError as e:
+        fail(str(e))
+    if stack.kind != "tempo":
+        fail(f"{path} is a '{stack.kind}' baseline, not a Tempo model")
+    return stack
+
+
+def _frames(video: Path, fps: float, max_frames: int, size: int):
+    from fmlab.tempo.video import VideoError, read_video
+
+    try:
+        return read_video(video, fps=fps, max_frames=max_frames, min_frames=1, size=(size, size))
+    except VideoError as e:
+        fail(str(e))
+
+
+@app.command("make-video")
+def make_video_cmd(
+    out: Path = typer.Argument(..., help="mp4 to write"),
+    seed: int = typer.Option(0),
+    frames: int = typer.Option(128, help="frames at 2 fps"),
+) -> None:
+    """Write a seeded synthetic needle video to a real mp4 and print its questions."""
+    from fmlab.tempo.synth import make_video
+
+    if out.exists():
+        fail(f"{out} already exists; choose another path")
+    try:
+        v = make_video(seed, frames)
+    except ValueError as e:
+        fail(str(e))
+    v.write(out)
+    typer.echo(json.dumps({"video": str(out), "frames": frames, "questions": [
+        {"family": q.family, "question": q.text, "answer": q.answer} for q in v.questions
+    ]}, indent=1))  # fmt: skip
+
+
+@app.command()
+def compress(
+    video: Path = typer.Argument(..., help="a video file (mp4, mkv, webm, ...)"),
+    query: str = typer.Option(..., help="the question the compression is for"),
+    budget: int = typer.Option(64, help="visual tokens for the whole video"),
+    model: Path = typer.Option(None, help="a trained Tempo model (default: the cache)"),
+    fps: float = typer.Option(2.0),
+    max_frames: int = typer.Option(1024),
+    plot: Path = typer.Option(None, help="write the allocation heat-map here (PNG)"),
+) -> None:
+    """Per-segment relevance, allocation and tokens/frame under a budget."""
+    import torch
+
+    if budget < 1:
+        fail(f"--budget must be >= 1, got {budget}")
+    stack = _load(model)
+    v = _frames(video, fps, max_frames, stack.cfg.frame_size)
+    q = stack.vocab.encode(query)
+    with torch.no_grad():
+        _, info = stack.blocks(v.frames, q, budget, "tempo")
+    alloc, scores = info["alloc"], info["scores"]
+    out = {
+        "video": str(video),
+        "frames": len(v),
+        "segments": len(alloc),
+        "budget": budget,
+        "tokens_used": int(sum(alloc)),
+        "tokens_per_frame": sum(alloc) / len(v),
+        "relevance": [round(float(s), 4) for s in scores],
+        "allocation": alloc,
+    }
+    typer.echo(json.dumps(out, indent=1))
+    if plot is not None:
+        from fmlab.tempo.plots import plot_allocation
+
+        plot_allocation(plot, v.frames, scores, alloc, stack.cfg.seg_len, query)
+        _log(f"wrote {plot}")
+
+
+@app.command()
+def answer(
+    video: Path = typer.Argument(...),
+    question: str = typer.Option(...),
+    budget: int = typer.Option(64),
+    model: Path = typer.Option(None),
+    fps: float = typer.Option(2.0),
+    max_frames: int = typer.Option(1024),
+) -> None:
+    """Answer a question about a video (closed answer vocabulary of the tiny stack)."""
+    import torch
+
+    stack = _load(model)
+    v = _frames(video, fps, max_frames, stack.cfg.frame_size)
+    q = stack.vocab.encode(question)
+    with torch.no_grad():
+        blocks, info = stack.blocks(v.frames, q, budget, "tempo")
+        p = torch.softmax(stack.logits([(blocks, q)])[0], -1)
+    best = int(p.argmax())
+    typer.echo(json.dumps({
+        "answer": stack.vocab.answers[best], "p": round(float(p[best]), 4),
+        "tokens_used": int(sum(info["alloc"])), "budget": budget,
+    }))  # fmt: skip
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(None, help="model directory (default: the cache)"),
+    kind: str = typer.Option("tempo", help="tempo | agnostic | frames | pool"),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="a short schedule (for trying things)"),
+    no_random_prefix: bool = typer.Option(False, help="train without random prefix truncation"),
+) -> None:
+    """Train a tiny stack through the stages (align, qa-pretrain, long-sft); resumable."""
+    from fmlab.tempo.pipeline import KINDS, TrainConfig, train_stack
+
+    if kind not in KINDS:
+        fail(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    out = out or _default_model()
+    cfg = TrainConfig(seed=seed, random_prefix=not no_random_prefix)
+    if quick:
+        cfg = TrainConfig(
+            stages=(("align", 40, 32), ("qa-pretrain", 40, 64), ("long-sft", 40, 128)),
+            seed=seed,
+            random_prefix=not no_random_prefix,
+            checkpoint_every=40,
+        )
+    stack = train_stack(kind, out, cfg, log=_log)
+    stack.save(out, {"train": cfg.__dict__ | {"stages": [list(s) for s in cfg.stages]}})
+    typer.echo(f"saved {kind} model to {out}")

@@ -1,0 +1,282 @@
+"""Tempo end to end: segments → compressor (memory tokens + relevance) → allocation → global
+model; the frame baselines (uniform frame sampling, uniform pooling) through the same global
+model; and the staged training of each stack (the part the paper did not release).
+
+Arms (what reaches the global model under a budget of B visual tokens):
+
+- ``tempo``: query-aware compressor + ATA on its relevance scores, head truncation;
+- ``uniform-alloc``: query-aware compressor, every segment min(M, ⌊B/N⌋) tokens;
+- ``agnostic``: a compressor trained without the query, uniform allocation;
+- ``random-ata``: ATA on random scores;
+- ``oracle``: ATA on the true needle relevance;
+- ``m0``: ATA with minimum 0 (segments can be dropped: no temporal anchors);
+- ``tail``: ATA with tail truncation;
+- ``frames``: ⌊B/P⌋ uniformly sampled frames of P patch tokens each;
+- ``pool``: all frames' patch tokens average-pooled, in time-major order, into B tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmlab.tempo.allocate import allocate, truncate
+from fmlab.tempo.model import Compressor, FrameEncoder, GlobalModel, TempoConfig, Vocab
+from fmlab.tempo.synth import FAMILIES, SynthVideo, make_video
+
+__all__ = ["ARMS", "Stack", "TrainConfig", "segments_of", "train_stack"]
+
+COMPRESSOR_ARMS = ("tempo", "uniform-alloc", "random-ata", "oracle", "m0", "tail")
+ARMS = (*COMPRESSOR_ARMS, "agnostic", "frames", "pool")
+KINDS = ("tempo", "agnostic", "frames", "pool")  # what gets trained
+
+
+def segments_of(frames: np.ndarray, seg_len: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 → (N, seg_len, 3, H, W); the last segment repeats its last frame."""
+    t = len(frames)
+    n = math.ceil(t / seg_len)
+    pad = n * seg_len - t
+    if pad:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    return x.reshape(n, seg_len, *x.shape[1:])
+
+
+def segment_truth(video: SynthVideo, question, seg_len: int) -> np.ndarray:
+    """1 for segments that show a needle the question is about."""
+    m = video.needle_frames(question)
+    n = math.ceil(len(m) / seg_len)
+    m = np.concatenate([m, np.zeros(n * seg_len - len(m), dtype=bool)])
+    return m.reshape(n, seg_len).any(axis=1).astype(np.float32)
+
+
+class Stack(nn.Module):
+    """One trained model: a compressor + global model (kinds tempo / agnostic) or a frame
+    encoder + global model (kinds frames / pool)."""
+
+    def __init__(self, kind: str, cfg: TempoConfig | None = None):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        cfg = cfg or TempoConfig()
+        if kind == "agnostic":
+            cfg = TempoConfig(**{**cfg.to_dict(), "query_aware": False})
+        self.kind, self.cfg, self.vocab = kind, cfg, Vocab()
+        if kind in ("tempo", "agnostic"):
+            self.compressor = Compressor(cfg, self.vocab)
+        else:
+            self.frame_encoder = FrameEncoder(cfg, cfg.d_svlm)
+        self.glob = GlobalModel(cfg, self.vocab, cfg.d_svlm)
+
+    # -- visual tokens under a budget ----------------------------------------------------
+    def compress(self, frames: np.ndarray, query: list[int]):
+        seg = segments_of(frames, self.cfg.seg_len)
+        mem, rel = self.compressor(seg, query)
+        return mem, rel
+
+    def blocks(
+        self,
+        frames: np.ndarray,
+        query: list[int],
+        budget: int,
+        arm: str,
+        truth: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        prefix: np.ndarray | None = None,
+    ) -> tuple[list[tuple[float, torch.Tensor]], dict]:
+        """The [timestamp, tokens] blocks an arm feeds the global model, and what it used."""
+        rng = rng if rng is not None else np.random.default_rng(0)
+        t = len(frames)
+        if self.kind in ("frames", "pool"):
+            return self._frame_blocks(frames, budget)
+        mem, rel = self.compress(frames, query)
+        n, m = mem.shape[:2]
+        scores = torch.sigmoid(rel).detach().numpy()
+        if prefix is not None:  # training: random prefix truncation
+            alloc = prefix.tolist()
+        elif arm in ("uniform-alloc", "agnostic"):
+            alloc = [min(m, budget // n)] * n
+        else:
+            s = {"random-ata": rng.random(n), "oracle": truth}.get(arm, scores)
+            if s is None:
+                raise ValueError("the oracle arm needs the true segment relevance")
+            alloc = allocate(s, budget, 0 if arm == "m0" else 4, m)
+        strategy = "tail" if arm == "tail" else "head"
+        seg = self.cfg.seg_len
+        blocks = [
+            ((i * seg + min(seg, t - i * seg) / 2) / t, truncate(mem[i], a, strategy, rng))
+            for i, a in enumerate(alloc)
+        ]
+        return blocks, {"alloc": alloc, "scores": scores, "relevance_logits": rel}
+
+    def _frame_blocks(self, frames: np.ndarray, budget: int):
+        t, p = len(frames), self.cfg.patches
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        if self.kind == "frames":
+            k = max(1, min(t, budget // p))
+            idx = np.linspace(0, t - 1, k).round().astype(int)
+            toks = self.frame_encoder(x[idx].float())
+            return [((i + 0.5) / t, toks[j]) for j, i in enumerate(idx)], {"frames": k}
+        toks = self.frame_encoder(x.float()).reshape(t * p, -1)  # time-major
+        k = max(1, min(budget, t * p))
+        edges = np.linspace(0, t * p, k + 1).round().astype(int)
+        pooled = torch.stack([toks[a:b].mean(0) for a, b in itertools.pairwise(edges)])
+        # one block per segment of pooled tokens (by the frame each pooled token starts in)
+        seg = self.cfg.seg_len
+        owner = (edges[:-1] // p) // seg
+        blocks = [((s * seg + seg / 2) / t, pooled[owner == s]) for s in range(math.ceil(t / seg))]
+        return blocks, {"pooled_tokens": k}
+
+    def logits(self, items) -> torch.Tensor:
+        return self.glob([self.glob.sequence(b, q) for b, q in items])
+
+    # -- save / load ----------------------------------------------------------------------
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        from fmlab.core.io import atomic_dir
+
+        with atomic_dir(path, overwrite=True) as tmp:
+            state = {k: v.contiguous() for k, v in self.state_dict().items()}
+            state.pop("compressor.lm_head.weight", None)  # tied to the word embeddings
+            save_file(state, str(tmp / "model.safetensors"))
+            meta = {"kind": self.kind, "config": self.cfg.to_dict(), **(extra or {})}
+            (tmp / "tempo.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Stack:
+        from safetensors.torch import load_file
+
+        from fmlab.core.io import CheckpointError
+
+        path = Path(path)
+        if not (path / "tempo.json").is_file():
+            raise CheckpointError(
+                f"{path}: not a Tempo model (tempo.json missing); train one with `fmlab tempo train`"
+            )
+        meta = json.loads((path / "tempo.json").read_text())
+        stack = cls(meta["kind"], TempoConfig(**meta["config"]))
+        missing, unexpected = stack.load_state_dict(
+            load_file(str(path / "model.safetensors")), strict=False
+        )
+        missing = [k for k in missing if k != "compressor.lm_head.weight"]
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: weights do not match ({missing[:3]} {unexpected[:3]})")
+        return stack.eval()
+
+
+@dataclass
+class TrainConfig:
+    """The paper's stages at tiny scale: (name, steps, frames per video)."""
+
+    stages: tuple[tuple[str, int, int], ...] = (
+        ("align", 300, 32),
+        ("qa-pretrain", 300, 64),
+        ("long-sft", 400, 128),
+    )
+    batch: int = 8
+    lr: float = 2e-3
+    rel_weight: float = 1.0  # BCE on the Yes/No relevance (compressor stacks)
+    random_prefix: bool = True  # long-sft: random prefix truncation half the time
+    budgets_per_segment: tuple[int, ...] = (1, 2, 4, 8, 16)
+    seed: int = 0
+    checkpoint_every: int = 100
+    extra: dict = field(default_factory=dict)
+
+
+def _sample(rng: np.random.Generator, n_frames: int, seed_base: int):
+    video = make_video(int(seed_base + rng.integers(1 << 30)), n_frames)
+    # balance the families: pick a family first, then one of its questions
+    fams = [f for f in FAMILIES if any(q.family == f for q in video.questions)]
+    fam = fams[int(rng.integers(len(fams)))]
+    qs = [q for q in video.questions if q.family == fam]
+    return video, qs[int(rng.integers(len(qs)))]
+
+
+def train_stack(
+    kind: str,
+    out: str | Path | None,
+    cfg: TrainConfig = TrainConfig(),
+    model_cfg: TempoConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> Stack:
+    """Train one stack through the stages; resumes from ``out`` if a checkpoint is there."""
+    torch.manual_seed(cfg.seed)
+    stack = Stack(kind, model_cfg)
+    opt = torch.optim.AdamW(stack.parameters(), lr=cfg.lr, weight_decay=0.01)
+    total = sum(s for _, s, _ in cfg.stages)
+    done = 0
+    ckpt = Path(out) / "checkpoint" if out is not None else None
+    if ckpt is not None and (ckpt / "tempo.json").is_file():
+        meta = json.loads((ckpt / "tempo.json").read_text())
+        if meta.get("train") == _jsonable(cfg):
+            stack = Stack.load(ckpt).train()
+            opt = torch.optim.AdamW(stack.parameters(), lr=cfg.lr, weight_decay=0.01)
+            opt.load_state_dict(torch.load(ckpt / "optim.pt", weights_only=True))
+            done = int(meta["step"])
+            log(f"resuming {kind} at step {done}/{total}")
+    stack.train()
+    rng = np.random.default_rng([cfg.seed, done])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda i: (
+            min(1.0, (done + i + 1) / 50)
+            * 0.5
+            * (1 + math.cos(math.pi * min(1.0, (done + i) / total)))
+        ),
+    )
+    step, t0 = 0, time.perf_counter()
+    for name, steps, n_frames in cfg.stages:
+        for _ in range(steps):
+            step += 1
+            if step <= done:
+                continue
+            items, answers, rel_loss = [], [], torch.zeros(())
+            n_seg = math.ceil(n_frames / stack.cfg.seg_len)
+            for _ in range(cfg.batch):
+                video, q = _sample(rng, n_frames, 10_000_000 * (cfg.seed + 1))
+                query = stack.vocab.encode(q.text)
+                budget = int(rng.choice(cfg.budgets_per_segment)) * n_seg
+                truth = segment_truth(video, q, stack.cfg.seg_len)
+                prefix = None
+                if name == "align":  # all memory tokens
+                    budget = n_seg * stack.cfg.mem_tokens
+                elif name == "long-sft" and cfg.random_prefix and rng.random() < 0.5:
+                    prefix = rng.integers(1, stack.cfg.mem_tokens + 1, size=n_seg)
+                arm = "uniform-alloc" if kind == "agnostic" else "tempo"
+                blocks, info = stack.blocks(video.frames, query, budget, arm, truth, rng, prefix)
+                if kind in ("tempo", "agnostic") and q.needles and kind == "tempo":
+                    rel_loss = rel_loss + nn.functional.binary_cross_entropy_with_logits(
+                        info["relevance_logits"], torch.from_numpy(truth)
+                    )
+                items.append((blocks, query))
+                answers.append(stack.vocab.answer_index(q.answer))
+            logits = stack.logits(items)
+            loss = nn.functional.cross_entropy(logits, torch.tensor(answers))
+            loss = loss + cfg.rel_weight * rel_loss / cfg.batch
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(stack.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step % 25 == 0:
+                log(
+                    f"{kind} {name} step {step}/{total} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)"
+                )
+            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total):
+                stack.save(ckpt, {"train": _jsonable(cfg), "step": step})
+                torch.save(opt.state_dict(), ckpt / "optim.pt")
+    return stack.eval()
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fmlab.cli import app
+from fmlab.tempo.pipeline import Stack, TrainConfig, segment_truth, segments_of, train_stack
+from fmlab.tempo.synth import make_video
+
+runner = CliRunner()
+
+
+def test_segments_pad_the_last_one():
+    v = make_video(0, 20)
+    seg = segments_of(v.frames, 8)
+    assert seg.shape == (3, 8, 3, 32, 32)
+    assert torch.equal(seg[2, 4], seg[2, 3])  # frames 20..23 repeat frame 19
+
+
+@pytest.mark.parametrize("arm", ["tempo", "uniform-alloc", "random-ata", "oracle", "m0", "tail"])
+def test_compressor_arms_respect_the_budget(arm):
+    torch.manual_seed(0)
+    stack = Stack("tempo").eval()
+    v = make_video(1, 64)
+    q = v.questions[0]
+    query = stack.vocab.encode(q.text)
+    with torch.no_grad():
+        for budget in (8, 20, 64, 200):
+            blocks, info = stack.blocks(v.frames, query, budget, arm, segment_truth(v, q, 8))
+            used = sum(len(t) for _, t in blocks)
+            assert used == sum(info["alloc"]) <= budget
+            assert len(blocks) == 8  # one timestamped block per segment, even when empty
+            logits = stack.logits([(blocks, query)])
+            assert logits.shape == (1, len(stack.vocab.answers))
+
+
+@pytest.mark.parametrize("kind", ["frames", "pool"])
+def test_frame_baselines_use_the_budget(kind):
+    stack = Stack(kind).eval()
+    v = make_video(2, 64)
+    with torch.no_grad():
+        for budget in (16, 40, 64, 512):
+            blocks, _ = stack.blocks(v.frames, [], budget, kind)
+            used = sum(len(t) for _, t in blocks)
+            assert used <= budget
+            if kind == "pool":
+                assert used == budget
+
+
+def test_agnostic_compressor_ignores_the_query():
+    torch.manual_seed(0)
+    stack = Stack("agnostic").eval()
+    v = make_video(3, 32)
+    with torch.no_grad():
+        a, _ = stack.compress(v.frames, stack.vocab.encode("what colour is the square"))
+        b, _ = stack.compress(v.frames, stack.vocab.encode("how many flashes"))
+    assert torch.equal(a, b)
+
+
+def test_save_load_and_resume(tmp_path):
+    cfg = TrainConfig(stages=(("align", 2, 16), ("long-sft", 2, 32)), batch=2,
+                      checkpoint_every=2)  # fmt: skip
+    logs = []
+    first = train_stack("tempo", tmp_path / "run", cfg, log=logs.append)
+    ckpt = json.loads((tmp_path / "run" / "checkpoint" / "tempo.json").read_text())
+    assert ckpt["step"] == 4
+    again = train_stack("tempo", tmp_path / "run", cfg, log=logs.append)
+    assert any("resuming tempo at step 4/4" in m for m in logs)
+    for (k, v1), v2 in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(v1, v2), k
+    first.save(tmp_path / "m")
+    loaded = Stack.load(tmp_path / "m")
+    v = make_video(4, 32)
+    q = loaded.vocab.encode(v.questions[0].text)
+    with torch.no_grad():
+        b1, _ = first.eval().blocks(v.frames, q, 16, "tempo")
+        b2, _ = loaded.blocks(v.frames, q, 16, "tempo")
+        torch.testing.assert_close(first.logits([(b1, q)]), loaded.logits([(b2, q)]))
+
+
+def test_cli_runs_the_pipeline_on_a_real_mp4(tmp_path):
+    video = tmp_path / "v.mp4"
+    res = runner.invoke(app, ["tempo", "make-video", str(video), "--frames", "48"])
+    assert res.exit_code == 0, res.output
+    assert video.stat().st_size > 1000
+    model = tmp_path / "model"
+    torch.manual_seed(0)
+    Stack("tempo").save(model)  # untrained: this checks the plumbing, not accuracy
+    plot = tmp_path / "alloc.png"
+    res = runner.invoke(app, ["tempo", "compress", str(video), "--query", "what colour is the square",
+                              "--budget", "20", "--model", str(model), "--plot", str(plot)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["frames"] == 48 and out["segments"] == 6 and out["tokens_used"] <= 20
+    assert plot.stat().st_size > 1000
+    res = runner.invoke(app, ["tempo", "answer", str(video), "--question", "how many flashes",
+                              "--model", str(model)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["answer"] in Stack("tempo").vocab.answers
+
+
+def test_cli_errors(tmp_path):
+    res = runner.invoke(app, ["tempo", "compress", str(tmp_path / "none.mp4"), "--query", "x",
+                              "--model", str(tmp_path)])  # fmt: skip
+    assert res.exit_code != 0 and "not a Tempo model" in res.output
+    Stack("tempo").save(tmp_path / "m")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"x" * 100)
+    res = runner.invoke(app, ["tempo", "compress", str(bad), "--query", "x", "--model",
+                              str(tmp_path / "m")])  # fmt: skip
+    assert res.exit_code != 0 and "not a readable video" in res.output
+    res = runner.invoke(app, ["tempo", "train", "--kind", "magic"])
+    assert res.exit_code != 0 and "--kind must be one of" in res.output
