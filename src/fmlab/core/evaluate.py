@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "auroc",
     "decode_speed",
     "generate",
     "lm_loss",
@@ -176,3 +177,17 @@ def decode_speed(
     n = gen.shape[1] - x.shape[1]
     text = tokenizer.decode(gen[0, x.shape[1] :], skip_special_tokens=True)
     return {"text": text, "new_tokens": n, "seconds": dt, "tokens_per_s": n / dt}
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int | bool]) -> float:
+    """Area under the ROC curve: P(a random positive scores above a random negative), ties
+    counting half (the Mann-Whitney U statistic, via average ranks)."""
+    from scipy.stats import rankdata
+
+    s = torch.as_tensor(scores, dtype=torch.float64).numpy()
+    y = torch.as_tensor(labels).numpy().astype(bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError("AUROC needs at least one positive and one negative label")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))

@@ -163,13 +163,14 @@ class GlobalModel(nn.Module):
         self.max_len = max_len
 
     def sequence(self, blocks: list[tuple[float, torch.Tensor]], question: list[int]):
-        parts = []
+        q = self.embed(torch.tensor(question, dtype=torch.long))
+        parts = [q]  # the question before the video too, so visual tokens can attend to it
         for t, toks in blocks:  # t: relative time in [0, 1]
             bucket = min(TIME_BUCKETS - 1, int(t * TIME_BUCKETS))
             parts.append(self.time.weight[bucket][None])
             if len(toks):
                 parts.append(self.proj(toks))
-        parts.append(self.embed(torch.tensor(question, dtype=torch.long)))
+        parts.append(q)
         seq = torch.cat(parts)
         if len(seq) > self.max_len:
             raise ValueError(f"sequence of {len(seq)} tokens exceeds max_len {self.max_len}")

@@ -107,10 +107,10 @@ def _background(rng: np.random.Generator, n: int, warmer: bool) -> np.ndarray:
 def _draw(frame: np.ndarray, n: Needle) -> None:
     c = np.array(COLOURS[n.colour], dtype=np.float32)
     if n.shape == "square":
-        frame[n.y - 3 : n.y + 3, n.x - 3 : n.x + 3] = c
+        frame[n.y - 5 : n.y + 5, n.x - 5 : n.x + 5] = c
     else:
-        frame[n.y - 4 : n.y + 4, n.x - 1 : n.x + 1] = c
-        frame[n.y - 1 : n.y + 1, n.x - 4 : n.x + 4] = c
+        frame[n.y - 6 : n.y + 6, n.x - 2 : n.x + 2] = c
+        frame[n.y - 2 : n.y + 2, n.x - 6 : n.x + 6] = c
 
 
 def make_video(
@@ -138,7 +138,7 @@ def make_video(
     for slot in chosen:
         shape = SHAPES[int(rng.integers(2))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        x, y = (int(v) for v in rng.integers(6, SIZE - 6, size=2))
+        x, y = (int(v) for v in rng.integers(7, SIZE - 7, size=2))
         needles.append(Needle(slot * needle_len, (slot + 1) * needle_len, shape, colour, x, y))
         for t in range(slot * needle_len, (slot + 1) * needle_len):
             _draw(frames[t], needles[-1])
