@@ -66,3 +66,20 @@ def test_task_accuracy_counts_verified_answers(tiny_model, bpe_tokenizer):
     exs = task.generate(4, seed=0)
     res = task_accuracy(tiny_model, bpe_tokenizer, task, exs, max_new_tokens=4)
     assert res["n"] == 4 and 0.0 <= res["accuracy"] <= 1.0 and len(res["completions"]) == 4
+
+
+def test_auroc_matches_pairwise_counting():
+    import itertools
+
+    import numpy as np
+
+    from fmlab.core.evaluate import auroc
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 40).astype(float)  # many ties
+    y = rng.random(40) < 0.4
+    pairs = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in itertools.product(s[y], s[~y])]
+    assert auroc(s, y) == pytest.approx(sum(pairs) / len(pairs))
+    assert auroc([0.1, 0.2, 0.9], [0, 0, 1]) == 1.0
+    with pytest.raises(ValueError, match="positive and one negative"):
+        auroc([0.1, 0.2], [1, 1])

@@ -112,3 +112,17 @@ def test_cli_errors(tmp_path):
     assert res.exit_code != 0 and "not a readable video" in res.output
     res = runner.invoke(app, ["tempo", "train", "--kind", "magic"])
     assert res.exit_code != 0 and "--kind must be one of" in res.output
+
+
+def test_evaluate_arm_reports_what_the_record_needs():
+    from fmlab.tempo.evaluate import evaluate_arm, quarter_iou
+
+    torch.manual_seed(0)
+    stack = Stack("tempo").eval()
+    videos = [make_video(s, 32) for s in range(3)]
+    r = evaluate_arm(stack, videos, "tempo", budget=12)
+    assert 0 <= r["overall"] <= 1 and r["questions"] == sum(len(v.questions) for v in videos)
+    assert r["tokens_per_frame"] <= r["budget_per_frame"] + 1e-9
+    assert 0 <= r.get("router_auroc", 0.5) <= 1
+    assert quarter_iou("q1", 0, 4, 16) == 1.0 and quarter_iou("q2", 0, 4, 16) == 0.0
+    assert quarter_iou("yes", 0, 4, 16) == 0.0

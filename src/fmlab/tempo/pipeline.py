@@ -248,7 +248,9 @@ def train_stack(
                 budget = int(rng.choice(cfg.budgets_per_segment)) * n_seg
                 truth = segment_truth(video, q, stack.cfg.seg_len)
                 prefix = None
-                if name == "align":  # all memory tokens (ATA would keep only m of the least relevant)
+                if (
+                    name == "align"
+                ):  # all memory tokens (ATA would keep only m of the least relevant)
                     budget = n_seg * stack.cfg.mem_tokens
                     prefix = np.full(n_seg, stack.cfg.mem_tokens) if kind == "tempo" else None
                 elif name == "long-sft" and cfg.random_prefix and rng.random() < 0.5:
