@@ -53,7 +53,8 @@ METHODS: tuple[Method, ...] = (
     Method(
         name="tempo",
         package="fmlab.tempo",
-        summary="Tempo: query-aware video token compression with adaptive allocation (in progress).",
+        summary="Tempo: query-aware video token compression with adaptive allocation.",
+        quick_bench="fmlab.tempo.bench:quick",
     ),
     Method(
         name="rdd",

@@ -126,3 +126,21 @@ def test_evaluate_arm_reports_what_the_record_needs():
     assert 0 <= r.get("router_auroc", 0.5) <= 1
     assert quarter_iou("q1", 0, 4, 16) == 1.0 and quarter_iou("q2", 0, 4, 16) == 0.0
     assert quarter_iou("yes", 0, 4, 16) == 0.0
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_a_complete_record(tmp_path):
+    from fmlab.core.results import load_record
+    from fmlab.tempo.bench import quick
+
+    rec = quick(tmp_path)
+    d = load_record(tmp_path / "budget_sweep.json")
+    assert set(d["baselines"]) == {"uniform-alloc", "frames", "pool"}
+    for b in (8, 16):
+        assert d["metrics"][f"tokens_per_frame@{b}"] <= b / 32 + 1e-9
+        assert d["baselines"]["pool"][f"tokens_per_frame@{b}"] == pytest.approx(b / 32)
+    assert 0 <= rec.metrics["router_auroc"]["mean"] <= 1
+    assert (tmp_path / "budget_sweep.png").stat().st_size > 1000
+    # a rerun resumes: nothing is trained or evaluated again
+    again = quick(tmp_path)
+    assert again.metrics["needle_acc@8"] == rec.metrics["needle_acc@8"]

@@ -162,3 +162,28 @@ def train(
     stack = train_stack(kind, out, cfg, log=_log)
     stack.save(out, {"train": cfg.__dict__ | {"stages": [list(s) for s in cfg.stages]}})
     typer.echo(f"saved {kind} model to {out}")
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("docs/results/tempo"), help="directory for the record"),
+    quick: bool = typer.Option(False, help="a ~10-second run that claims nothing"),
+    seeds: int = typer.Option(3, help="seeds (each trains its own stacks)"),
+    arms: str = typer.Option("", help="comma-separated arms (default: all)"),
+) -> None:
+    """Budget sweep of every arm on the synthetic needle videos (resumable)."""
+    from dataclasses import replace
+
+    from fmlab.tempo.bench import BenchConfig, run
+    from fmlab.tempo.pipeline import ARMS
+
+    cfg = BenchConfig.quick() if quick else BenchConfig(seeds=tuple(range(seeds)))
+    if arms:
+        chosen = tuple(a.strip() for a in arms.split(","))
+        bad = [a for a in chosen if a not in ARMS]
+        if bad or "tempo" not in chosen:
+            fail(f"--arms must include tempo and come from {', '.join(ARMS)}; got {arms!r}")
+        cfg = replace(cfg, arms=chosen)
+    rec = run(out, cfg, log=_log)
+    b = cfg.budgets[1] if len(cfg.budgets) > 1 else cfg.budgets[0]
+    typer.echo(f"tempo needle accuracy at B={b}: {rec.metrics[f'needle_acc@{b}']['mean']:.3f}")

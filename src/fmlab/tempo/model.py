@@ -129,6 +129,10 @@ class Compressor(nn.Module):
                 torch.randn(cfg.mem_tokens, d) * w.std() + w.mean(dim=0, keepdim=True)
             )
         self.yes, self.no = vocab.index["yes"], vocab.index["no"]
+        # training-only probe on the first memory token: the colour of the needle the query asks
+        # about, if this segment shows it, else "none" (our stand-in for the SVLM's captioning
+        # pre-training; it teaches the memory to hold query-relevant content, first tokens first)
+        self.probe = nn.Linear(d, len(COLOURS) + 1)
 
     def forward(
         self, segments: torch.Tensor, query: list[int]

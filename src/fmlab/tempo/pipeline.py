@@ -31,7 +31,7 @@ from torch import nn
 
 from fmlab.tempo.allocate import allocate, truncate
 from fmlab.tempo.model import Compressor, FrameEncoder, GlobalModel, TempoConfig, Vocab
-from fmlab.tempo.synth import FAMILIES, SynthVideo, make_video
+from fmlab.tempo.synth import COLOURS, FAMILIES, SynthVideo, make_video
 
 __all__ = ["ARMS", "Stack", "TrainConfig", "segments_of", "train_stack"]
 
@@ -49,6 +49,18 @@ def segments_of(frames: np.ndarray, seg_len: int) -> torch.Tensor:
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     return x.reshape(n, seg_len, *x.shape[1:])
+
+
+def segment_colours(video: SynthVideo, question, seg_len: int, query_aware: bool) -> np.ndarray:
+    """Per segment: index of the colour of a needle it shows that the question is about (any
+    needle for a query-agnostic compressor), or len(COLOURS) for none."""
+    n = math.ceil(len(video.frames) / seg_len)
+    out = np.full(n, len(COLOURS), dtype=np.int64)
+    wanted = set(question.needles) if query_aware else set(range(len(video.needles)))
+    for i, nd in enumerate(video.needles):
+        if i in wanted:
+            out[nd.start // seg_len : (nd.end - 1) // seg_len + 1] = list(COLOURS).index(nd.colour)
+    return out
 
 
 def segment_truth(video: SynthVideo, question, seg_len: int) -> np.ndarray:
@@ -101,6 +113,7 @@ class Stack(nn.Module):
         mem, rel = self.compress(frames, query)
         n, m = mem.shape[:2]
         scores = torch.sigmoid(rel).detach().numpy()
+        probe = self.compressor.probe(mem[:, 0])
         if prefix is not None:  # training: random prefix truncation
             alloc = prefix.tolist()
         elif arm in ("uniform-alloc", "agnostic"):
@@ -116,7 +129,7 @@ class Stack(nn.Module):
             ((i * seg + min(seg, t - i * seg) / 2) / t, truncate(mem[i], a, strategy, rng))
             for i, a in enumerate(alloc)
         ]
-        return blocks, {"alloc": alloc, "scores": scores, "relevance_logits": rel}
+        return blocks, {"alloc": alloc, "scores": scores, "relevance_logits": rel, "probe": probe}
 
     def _frame_blocks(self, frames: np.ndarray, budget: int):
         t, p = len(frames), self.cfg.patches
@@ -186,6 +199,7 @@ class TrainConfig:
     batch: int = 8
     lr: float = 2e-3
     rel_weight: float = 1.0  # BCE on the Yes/No relevance (compressor stacks)
+    probe_weight: float = 1.0  # colour probe on the first memory token (compressor stacks)
     random_prefix: bool = True  # long-sft: random prefix truncation half the time
     budgets_per_segment: tuple[int, ...] = (1, 2, 4, 8, 16)
     seed: int = 0
@@ -257,9 +271,14 @@ def train_stack(
                     prefix = rng.integers(1, stack.cfg.mem_tokens + 1, size=n_seg)
                 arm = "uniform-alloc" if kind == "agnostic" else "tempo"
                 blocks, info = stack.blocks(video.frames, query, budget, arm, truth, rng, prefix)
-                if kind in ("tempo", "agnostic") and q.needles and kind == "tempo":
+                if kind == "tempo" and q.needles:
                     rel_loss = rel_loss + nn.functional.binary_cross_entropy_with_logits(
                         info["relevance_logits"], torch.from_numpy(truth)
+                    )
+                if kind in ("tempo", "agnostic") and cfg.probe_weight:
+                    target = segment_colours(video, q, stack.cfg.seg_len, kind == "tempo")
+                    rel_loss = rel_loss + cfg.probe_weight * nn.functional.cross_entropy(
+                        info["probe"], torch.from_numpy(target)
                     )
                 items.append((blocks, query))
                 answers.append(stack.vocab.answer_index(q.answer))
