@@ -31,7 +31,7 @@ from fmlab.core.results import (
 )
 from fmlab.tempo.allocate import allocate
 from fmlab.tempo.evaluate import evaluate_arm
-from fmlab.tempo.pipeline import ARMS, Stack, TrainConfig, train_stack
+from fmlab.tempo.pipeline import ARMS, Stack, TrainConfig, segment_truth, train_stack
 from fmlab.tempo.synth import make_split, make_video
 
 __all__ = ["BenchConfig", "quick", "run"]
@@ -47,6 +47,7 @@ class BenchConfig:
     depth_budget: int = 32
     depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     depth_videos: int = 20
+    lengths: tuple[int, ...] = (64, 128, 256)  # accuracy vs video length at 0.5 tokens/frame
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             stages=(("align", 600, 16), ("qa-pretrain", 200, 64), ("long-sft", 200, 128)),
@@ -64,6 +65,7 @@ class BenchConfig:
             arms=("tempo", "uniform-alloc", "frames", "pool"),
             depths=(0.5,),
             depth_videos=2,
+            lengths=(32,),
             train=TrainConfig(stages=(("align", 10, 16), ("long-sft", 10, 32)), batch=4),
         )
 
@@ -120,6 +122,7 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
         a: {str(b): [] for b in cfg.budgets} for a in cfg.arms
     }
     depth: dict[str, dict[str, list[float]]] = {}
+    length: dict[str, dict[str, list[float]]] = {}
     extra: dict = {"train_seconds": {}, "throughput": None}
     with Timer() as total:
         for seed in cfg.seeds:
@@ -173,8 +176,24 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
                         )["needle_accuracy"]
                         atomic_write_json(memo_path, memo)
                     depth.setdefault(arm, {}).setdefault(f"{d:g}", []).append(memo["data"][k])
+            for arm in ("tempo", "frames", "pool"):
+                if arm not in cfg.arms:
+                    continue
+                for n in cfg.lengths:
+                    k = f"{seed}|length|{arm}|{n}"
+                    if k not in memo["data"]:
+                        vids = [
+                            make_video(4_000_000 + 1000 * seed + i, n)
+                            for i in range(cfg.depth_videos)
+                        ]
+                        memo["data"][k] = evaluate_arm(
+                            stacks[_stack_for(arm)], vids, arm, n // 2, seed
+                        )["needle_accuracy"]
+                        atomic_write_json(memo_path, memo)
+                    length.setdefault(arm, {}).setdefault(str(n), []).append(memo["data"][k])
             if extra["throughput"] is None:
                 extra["throughput"] = _throughput(stacks["tempo"], cfg.n_frames)
+                heat = _heatmap(out / "allocation.png", stacks["tempo"], test, cfg.budgets[-1])
 
     def summary(arm):
         d = {}
@@ -201,6 +220,9 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
             "accuracy_vs_depth": {
                 a: {d: mean_std(v) for d, v in dd.items()} for a, dd in depth.items()
             },
+            "accuracy_vs_length": {
+                a: {n: mean_std(v) for n, v in dd.items()} for a, dd in length.items()
+            },
             "train_seconds": extra["train_seconds"],
             **(extra["throughput"] or {}),
             "peak_rss_mb": peak_rss_mb(),
@@ -220,7 +242,7 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
         },
         metrics=metrics,
         baselines={a: summary(a) for a in cfg.arms if a != "tempo"},
-        plots=[plot.name],
+        plots=[plot.name, heat.name],
         headline=[
             f"needle_acc@{cfg.budgets[1] if len(cfg.budgets) > 1 else cfg.budgets[0]}",
             "router_auroc",
@@ -228,11 +250,31 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
         notes=[
             "Tiny stacks trained here (the paper's training code is not released): a 2-layer d=64 Llama compressor and a 2-layer d=64 Llama global model, on seeded synthetic videos; the compressor's relevance head and a first-memory-token colour probe are supervised during training (our stand-in for the SVLM's pre-training).",
             "Budgets count visual tokens only; each segment's timestamp token is extra, as the paper's text timestamps are.",
+            "A resumed run reuses trained stacks and finished evaluations: wall_s then covers only that run; train_seconds gives the training cost per stack and seed.",
+            "accuracy_vs_length: 20 fresh videos per length, budget 0.5 tokens/frame; accuracy_vs_depth: 20 one-needle videos per depth at depth_budget.",
         ],
     )
     rec.wall_s = total.s
     write_record(rec, out / "budget_sweep.json")
     return rec
+
+
+@torch.no_grad()
+def _heatmap(path: Path, stack: Stack, videos, budget: int) -> Path:
+    """Relevance and allocation over the first test video with a needle attribute question."""
+    from fmlab.tempo.plots import plot_allocation
+
+    for v in videos:
+        q = next((q for q in v.questions if q.family == "attribute"), None)
+        if q is not None:
+            break
+    else:
+        v, q = videos[0], videos[0].questions[0]
+    query = stack.vocab.encode(q.text)
+    truth = segment_truth(v, q, stack.cfg.seg_len)
+    _, info = stack.blocks(v.frames, query, budget, "tempo", truth)
+    return plot_allocation(path, v.frames, info["scores"], info["alloc"], stack.cfg.seg_len,
+                           f"{q.text} (B = {budget})", truth)  # fmt: skip
 
 
 def _plot(path: Path, cfg: BenchConfig, results) -> Path:
