@@ -112,10 +112,11 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
     work = out / ".tempo-work"
     work.mkdir(parents=True, exist_ok=True)
     memo_path = work / "evals.json"
-    key = json.loads(json.dumps(asdict(cfg)))
+    # evaluations are stored per (seed, arm, budget), so adding an arm keeps the others
+    key = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k != "arms"}
     memo = read_json(memo_path) if memo_path.is_file() else {}
-    if memo.get("key") != key:
-        memo = {"key": key, "data": {}}
+    stored = {k: v for k, v in memo.get("key", {}).items() if k != "arms"}
+    memo = {"key": key, "data": memo.get("data", {}) if stored == key else {}}
     torch.set_num_threads(2)
     test = make_split("test", cfg.test_videos, cfg.n_frames)
     results: dict[str, dict[str, list[dict]]] = {
