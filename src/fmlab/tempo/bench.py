@@ -75,12 +75,7 @@ def _log(msg: str) -> None:
 
 
 def _kinds(arms) -> list[str]:
-    kinds = []
-    for a in arms:
-        k = a if a in ("agnostic", "frames", "pool") else "tempo"
-        if k not in kinds:
-            kinds.append(k)
-    return kinds
+    return list(dict.fromkeys(_stack_for(a) for a in arms))
 
 
 def _stack_for(arm: str) -> str:
@@ -160,38 +155,38 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
                             f"seed {seed} {arm} B={b}: needle acc {r['needle_accuracy']:.3f}, overall {r['overall']:.3f}, tokens/frame {r['tokens_per_frame']:.3f}"
                         )
                     results[arm][str(b)].append(memo["data"][k])
+            # needle accuracy vs depth (one needle, depth_budget) and vs video length (0.5/frame)
+            curves = {
+                "depth": [
+                    (
+                        f"{d:g}",
+                        d,
+                        3_000_000,
+                        cfg.n_frames,
+                        {"n_needles": 1, "depth": d},
+                        cfg.depth_budget,
+                    )
+                    for d in cfg.depths
+                ],
+                "length": [(str(n), n, 4_000_000, n, {}, n // 2) for n in cfg.lengths],
+            }
             for arm in ("tempo", "frames", "pool"):
                 if arm not in cfg.arms:
                     continue
-                for d in cfg.depths:
-                    k = f"{seed}|depth|{arm}|{d}"
-                    if k not in memo["data"]:
-                        vids = [
-                            make_video(
-                                3_000_000 + 1000 * seed + i, cfg.n_frames, n_needles=1, depth=d
-                            )
-                            for i in range(cfg.depth_videos)
-                        ]
-                        memo["data"][k] = evaluate_arm(
-                            stacks[_stack_for(arm)], vids, arm, cfg.depth_budget, seed
-                        )["needle_accuracy"]
-                        atomic_write_json(memo_path, memo)
-                    depth.setdefault(arm, {}).setdefault(f"{d:g}", []).append(memo["data"][k])
-            for arm in ("tempo", "frames", "pool"):
-                if arm not in cfg.arms:
-                    continue
-                for n in cfg.lengths:
-                    k = f"{seed}|length|{arm}|{n}"
-                    if k not in memo["data"]:
-                        vids = [
-                            make_video(4_000_000 + 1000 * seed + i, n)
-                            for i in range(cfg.depth_videos)
-                        ]
-                        memo["data"][k] = evaluate_arm(
-                            stacks[_stack_for(arm)], vids, arm, n // 2, seed
-                        )["needle_accuracy"]
-                        atomic_write_json(memo_path, memo)
-                    length.setdefault(arm, {}).setdefault(str(n), []).append(memo["data"][k])
+                for curve, points in curves.items():
+                    for label, x, base, n_frames, kw, budget in points:
+                        k = f"{seed}|{curve}|{arm}|{x}"
+                        if k not in memo["data"]:
+                            vids = [
+                                make_video(base + 1000 * seed + i, n_frames, **kw)
+                                for i in range(cfg.depth_videos)
+                            ]
+                            memo["data"][k] = evaluate_arm(
+                                stacks[_stack_for(arm)], vids, arm, budget, seed
+                            )["needle_accuracy"]
+                            atomic_write_json(memo_path, memo)
+                        target = depth if curve == "depth" else length
+                        target.setdefault(arm, {}).setdefault(label, []).append(memo["data"][k])
             if extra["throughput"] is None:
                 extra["throughput"] = _throughput(stacks["tempo"], cfg.n_frames)
                 heat = _heatmap(out / "allocation.png", stacks["tempo"], test, cfg.budgets[-1])
