@@ -57,6 +57,12 @@ METHODS: tuple[Method, ...] = (
         quick_bench="fmlab.tempo.bench:quick",
     ),
     Method(
+        name="dtrpo",
+        package="fmlab.dtrpo",
+        summary="dTRPO: single-forward trajectory preference optimization for diffusion LMs.",
+        quick_bench="fmlab.dtrpo.bench:quick",
+    ),
+    Method(
         name="rdd",
         package="fmlab.rdd",
         summary="RDD: cut demonstrations into sub-tasks by retrieval against the policy's data.",

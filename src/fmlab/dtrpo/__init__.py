@@ -1,0 +1,1 @@
+"""dTRPO: trajectory-reduced preference optimization for block-diffusion LMs."""
