@@ -268,3 +268,44 @@ def test_cli_round_trip(tmp_path):
     assert res.exit_code == 2 and "--pairs" in res.output
     res = r.invoke(app, [*base, "eval", "--model", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "fmlab dtrpo pretrain" in res.output
+
+
+def test_quick_bench_records_and_resume(tmp_path, monkeypatch):
+    from fmlab.core.results import load_record
+    from fmlab.dtrpo import bench, train
+
+    cfg = bench.BenchConfig.quick()
+    paths = bench.run(cfg, tmp_path, log=lambda m: None)
+    assert sorted(p.name for p in paths) == ["estimators.json", "training.json"]
+    est = load_record(tmp_path / "estimators.json")
+    assert est["metrics"]["single_pass_max_abs_diff"] < 1e-5
+    assert {"d1", "elbo-n1", "tracerl-s2", "exact"} <= set(est["baselines"])
+    tr = load_record(tmp_path / "training.json")
+    assert {"dpo-d1", "sft-reference"} <= set(tr["baselines"])
+    assert tr["metrics"]["policy_forwards"] == tr["baselines"]["dpo-d1"]["policy_forwards"]
+    assert (tmp_path / "accuracy_vs_forwards.png").stat().st_size > 0
+    assert (tmp_path / "estimator_scatter.png").stat().st_size > 0
+
+    def boom(*a, **k):
+        raise AssertionError("a finished stage was recomputed")
+
+    monkeypatch.setattr(train, "train_arm", boom)
+    monkeypatch.setattr(train, "pretrain", boom)
+    bench.run(cfg, tmp_path, log=lambda m: None)  # everything comes from the memo
+
+
+@pytest.mark.parametrize("arm", ["dtrpo", "dpo-d1"])
+def test_dpo_raises_the_exact_preference_margin(tok, arm):
+    """Training on the pairs widens the exact-trajectory margin log-ratio(y_w) − log-ratio(y_l)
+    (a sign or bookkeeping error in an estimator would shrink it)."""
+    torch.manual_seed(0)
+    ref = make_dllm(tok, "llama-tiny")
+    pretrain(ref, make_items(20, 0), TrainConfig(steps=20, batch_size=16, progress=False))
+    ps = make_pairs(ref, make_items(4, seed=5), k=4, seed=0)
+    policy = ref.copy()
+    tcfg = TrainConfig(steps=12, batch_size=len(ps), lr=3e-3, warmup_steps=0, weight_decay=0.0,
+                       progress=False)  # fmt: skip
+    train_arm(policy, ref, PrefConfig(arm=arm, beta=0.5), tcfg, ps)
+    w = log_ratio(policy, ref, ps.chosen, "exact").value
+    lose = log_ratio(policy, ref, ps.rejected, "exact").value
+    assert float((w - lose).mean()) > 0.5

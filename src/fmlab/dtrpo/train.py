@@ -92,6 +92,7 @@ def pretrain(
 class PrefConfig:
     arm: str = "dtrpo"
     beta: float = 0.1  # DPO temperature; GRPO's KL weight is kl_coef
+    nll_weight: float = 0.0  # RPO-style NLL on the chosen answer (per token), offline arms
     n_mc: int = 2  # ELBO masks (dpo-elbo)
     group: int = 8  # online arms: samples per prompt
     prompts_per_step: int = 4  # online arms
@@ -141,7 +142,7 @@ def _dpo_loss(policy: DLLM, ref: DLLM, pairs: PairSet, cfg: PrefConfig, count: C
     def loss_fn(net, batch):
         idx = batch["input_ids"][:, 0]
         seed = int(batch["noise_seed"])
-        margins = []
+        margins, nll = [], None
         for traj in (pairs.chosen.select(idx), pairs.rejected.select(idx)):
             p = estimate(policy, traj, est, seed, n_mc=cfg.n_mc)
             with torch.no_grad():
@@ -150,7 +151,10 @@ def _dpo_loss(policy: DLLM, ref: DLLM, pairs: PairSet, cfg: PrefConfig, count: C
             count.ref += int(r.forwards.sum())
             count.tokens += int(p.tokens.sum() + r.tokens.sum())
             margins.append(p.value - r.value)
-        return -F.logsigmoid(cfg.beta * (margins[0] - margins[1])).mean()
+            if nll is None:  # the chosen answer's estimated log-likelihood, per token
+                nll = -p.value.mean() / policy.gen_length
+        loss = -F.logsigmoid(cfg.beta * (margins[0] - margins[1])).mean()
+        return loss + cfg.nll_weight * nll if cfg.nll_weight else loss
 
     return loss_fn
 
