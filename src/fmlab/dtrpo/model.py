@@ -85,11 +85,14 @@ class DLLM:
         """Tokens the policy never emits (mask and padding)."""
         return [self.mask_id, self.pad_id]
 
-    def copy(self) -> DLLM:
-        """A deep copy of the network (the frozen reference of a trainer)."""
+    def copy(self, dtype: torch.dtype | None = None) -> DLLM:
+        """A deep copy of the network (the frozen reference of a trainer), optionally cast."""
         import copy
 
-        return DLLM(copy.deepcopy(self.net), self.tokenizer, self.gen_length, self.block_length)
+        net = copy.deepcopy(self.net)
+        if dtype is not None:
+            net = net.to(dtype)
+        return DLLM(net, self.tokenizer, self.gen_length, self.block_length)
 
     def eval(self) -> DLLM:
         self.net.eval()
@@ -204,7 +207,7 @@ def layout(
 
 def token_logprobs(logits: torch.Tensor, banned: list[int]) -> torch.Tensor:
     """log μ(· | state): log-softmax with the banned tokens (mask, padding) removed."""
-    logits = logits.float().clone()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True)
     logits[..., banned] = -math.inf
     return F.log_softmax(logits, dim=-1)
 
