@@ -46,7 +46,8 @@ class BenchConfig:
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     n_train: int = 2000  # SFT items per task
-    n_test: int = 100  # held-out items per task
+    n_test: int = 200  # held-out items per task (final accuracy)
+    n_curve: int = 100  # held-out items per task for the checkpoints along training
     n_pair_prompts: int = 200  # per task
     k: int = 8
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -69,7 +70,7 @@ class BenchConfig:
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(
-            size="llama-tiny", pretrain_steps=60, pretrain_batch=32, n_train=100, n_test=8,
+            size="llama-tiny", pretrain_steps=60, pretrain_batch=32, n_train=100, n_test=8, n_curve=4,
             n_pair_prompts=8, k=4, seeds=(0,), arms=("dtrpo", "dpo-d1"), steps=4,
             batch_pairs=4, checkpoints=2, n_est_traj=6, est_draws=4, est_steps=(2, 4), lr=5e-4,
             betas=(),
@@ -115,7 +116,8 @@ def reference(cfg: BenchConfig, work: Path, log: Callable[[str], None] = print) 
 
 def _ref_dir(cfg: BenchConfig, work: Path) -> Path:
     key = {k: v for k, v in cfg.to_dict().items()
-           if k.startswith("pretrain") or k in ("size", "n_train", "n_test")}  # fmt: skip
+           if k.startswith("pretrain") or k in ("size", "n_train")}  # fmt: skip
+    key["probe"] = min(cfg.n_test, 50)  # the items of the accuracy logged while pre-training
     return work / f"ref-{_digest(key)}"
 
 
@@ -139,7 +141,7 @@ class _Memo:
         return self.data[key]
 
 
-_ARM_FIELDS = ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr", "n_train", "n_test",
+_ARM_FIELDS = ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr", "n_train", "n_test", "n_curve",
                "n_pair_prompts", "k", "steps", "batch_pairs", "lr", "checkpoints", "threshold")  # fmt: skip
 
 
@@ -182,7 +184,8 @@ def _run_arm(cfg, ref, pairs, arm, seed, beta, test, work, log) -> dict:
 
     prompts = make_items(cfg.n_pair_prompts, 2000 + seed)  # the online arms' prompts
     data_fwd = pairs.sampling_forwards if pcfg.arm not in ("grpo", "wd1") else 0
-    before = evaluate(ref, test)
+    curve_items = heldout_items(cfg.n_curve)
+    before = evaluate(ref, curve_items)
     curve = [{"step": 0, "train_forwards": 0, "total_forwards": data_fwd,
               "accuracy": before["accuracy"]}]  # fmt: skip
     totals = {"policy": 0, "ref": 0, "sampling": 0, "tokens": 0, "total": 0}
@@ -195,7 +198,7 @@ def _run_arm(cfg, ref, pairs, arm, seed, beta, test, work, log) -> dict:
         wall += t.s
         for k, v in save_counter(count).items():
             totals[k] += v
-        ev = evaluate(policy, test)
+        ev = evaluate(policy, curve_items)
         curve.append({"step": res.steps, "train_forwards": totals["total"],
                       "total_forwards": totals["total"] + data_fwd, "accuracy": ev["accuracy"],
                       "loss": res.train_loss})  # fmt: skip
@@ -334,12 +337,29 @@ def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = print) -
     return paths
 
 
+def _paired_ci(runs: list[dict], base: dict, n_boot: int = 4000) -> tuple[float, float, float]:
+    """95% bootstrap interval over test items of the seed-averaged paired gain, and the
+    bootstrap share of gains <= 0 (a one-sided p-value for "no gain")."""
+    ref = torch.tensor(base["greedy"]["solved"], dtype=torch.float32)
+    after = torch.tensor([r["after"]["greedy"]["solved"] for r in runs], dtype=torch.float32)
+    diff = (after - ref).mean(0)  # (items,) gain per item, averaged over seeds
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(diff), (n_boot, len(diff)), generator=g)
+    boots = diff[idx].mean(1)
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975])).tolist()
+    return lo, hi, float((boots <= 0).float().mean())
+
+
 def _arm_row(runs: list[dict], base: dict) -> dict:
     acc = [r["after"]["greedy"]["accuracy"] for r in runs]
     b = base["greedy"]["accuracy"]
+    lo, hi, p = _paired_ci(runs, base)
     row = {
         "accuracy": mean_std(acc),
         "gain": mean_std([a - b for a in acc]),
+        "gain_ci95_lo": lo,
+        "gain_ci95_hi": hi,
+        "p_no_gain": p,
         "train_forwards": mean_std([r["counts"]["total"] for r in runs])["mean"],
         "policy_forwards": mean_std([r["counts"]["policy"] for r in runs])["mean"],
         "data_forwards": mean_std([r["data_sampling_forwards"] for r in runs])["mean"],
@@ -416,12 +436,15 @@ def _training_record(cfg, base, runs, sweep, ref_meta, out: Path, wall: float) -
         plots=["accuracy_vs_forwards.png"],
         notes=[
             "Accuracy: greedy decoding (low-confidence remasking, 4 steps per block) on "
-            f"{cfg.n_test} held-out items per task; mean ± std over seeds {list(cfg.seeds)} "
+            f"{cfg.n_test} held-out items per task ({cfg.n_curve} per task at the checkpoints "
+            f"along training); mean ± std over seeds {list(cfg.seeds)} "
             "(pair sampling, batch order and estimator draws vary; the SFT reference is one "
             "model shared by every seed).",
             "train_forwards counts sequence forwards: policy (with backward) + reference (no "
             "grad) + online sampling; a packed [prompt|clean|noised] forward counts as one.",
             "data_forwards: the reference's sampling of K answers per prompt (offline arms).",
+            "gain_ci95_lo/hi: 95% bootstrap interval over test items of the paired gain "
+            "(seed-averaged, same items as the reference); p_no_gain: bootstrap share <= 0.",
             "The bench memoises finished stages; after a resumed run wall_s covers only that "
             "run, while train_wall_s (per arm) is always the measured training time.",
             "grpo uses one gradient step per sampled batch (μ = 1), so PPO clipping is inactive.",

@@ -255,6 +255,7 @@ def evaluate(
     out["forwards"] = int(traj.forwards.sum())
     out["forwards_per_item"] = out["forwards"] / len(items)
     out["forwards_per_solved"] = out["forwards"] / solved if solved else None
+    out["solved"] = [r == 1.0 for r in rewards]  # per item, for paired comparisons
     return out
 
 
