@@ -288,6 +288,11 @@ def test_quick_bench_records_and_resume(tmp_path, monkeypatch):
     assert (tmp_path / "accuracy_vs_forwards.png").stat().st_size > 0
     assert (tmp_path / "estimator_scatter.png").stat().st_size > 0
 
+    sweep = load_record(bench.run_sweep(cfg, tmp_path, grid=((5e-4, 0.1), (1e-4, 1.0)),
+                                        log=lambda m: None))  # fmt: skip
+    assert sweep["metrics"]["best"] in {"lr=0.0005,beta=0.1", "lr=0.0001,beta=1.0"}
+    assert len(sweep["baselines"]) == 1
+
     def boom(*a, **k):
         raise AssertionError("a finished stage was recomputed")
 

@@ -188,11 +188,15 @@ def eval_cmd(
 def bench(
     out: Path = typer.Option(Path("docs/results/dtrpo"), help="where the records go"),
     quick: bool = typer.Option(False, help="a small, fast configuration (smoke test)"),
+    sweep: bool = typer.Option(False, help="run the validation (lr, β) sweep instead"),
 ) -> None:
     """Estimator fidelity and the training comparison (resumable); writes estimators.json and
-    training.json with plots."""
-    from fmlab.dtrpo.bench import BenchConfig, run
+    training.json with plots. --sweep writes sweep.json (how lr and β were chosen)."""
+    from fmlab.dtrpo.bench import BenchConfig, run, run_sweep
 
     cfg = BenchConfig.quick() if quick else BenchConfig()
+    if sweep:
+        typer.echo(str(run_sweep(cfg, out, log=_log)))
+        return
     for path in run(cfg, out, log=_log):
         typer.echo(str(path))
