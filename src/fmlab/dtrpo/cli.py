@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
 
 from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import log as _log
 
 app = typer.Typer(
     help="dTRPO: trajectory-reduced preference optimization for block-diffusion LMs.",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _load(path: Path):

@@ -4,13 +4,13 @@ and the reproduction."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import typer
 
 from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import log as _log
 
 app = typer.Typer(
     help="R-Sparse: training-free activation sparsity (sparse channels + low-rank rest).",
@@ -25,10 +25,6 @@ BUNDLED = "smollm2-135m-instruct"
 @app.callback()
 def _group() -> None:
     """R-Sparse commands."""
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _check_sparsity(s: float) -> None:
