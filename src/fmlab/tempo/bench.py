@@ -85,7 +85,7 @@ def _stack_for(arm: str) -> str:
 @torch.no_grad()
 def _throughput(stack: Stack, n_frames: int, repeats: int = 3) -> dict:
     v = make_video(123, n_frames)
-    q = stack.vocab.encode("what colour is the square")
+    q = "what colour is the square"
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -266,9 +266,8 @@ def _heatmap(path: Path, stack: Stack, videos, budget: int) -> Path:
             break
     else:
         v, q = videos[0], videos[0].questions[0]
-    query = stack.vocab.encode(q.text)
     truth = segment_truth(v, q, stack.cfg.seg_len)
-    _, info = stack.blocks(v.frames, query, budget, "tempo", truth)
+    _, info = stack.blocks(v.frames, q.text, budget, "tempo", truth)
     return plot_allocation(path, v.frames, info["scores"], info["alloc"], stack.cfg.seg_len,
                            f"{q.text} (B = {budget})", truth)  # fmt: skip
 

@@ -23,7 +23,9 @@ def _default_model() -> Path:
     return cache_dir() / "tempo" / "tempo"
 
 
-def _load(model: Path | None):
+def _load(model: Path | None, zero_shot: bool = False):
+    """A trained Tempo stack; with ``zero_shot``, also a bare Hugging Face vision-language
+    checkpoint, used as the compressor (relevance and allocation need no training)."""
     from fmlab.core.io import CheckpointError
     from fmlab.tempo.pipeline import Stack
 
@@ -31,9 +33,21 @@ def _load(model: Path | None):
     if not path.exists():
         fail(f"{path}: no trained Tempo model; run `fmlab tempo train --out {path}` first")
     try:
+        if zero_shot and not (path / "tempo.json").is_file() and (path / "config.json").is_file():
+            from fmlab.tempo.hf import HFCompressor
+
+            return Stack("tempo", compressor=HFCompressor.from_pretrained(path)).eval()
         stack = Stack.load(path)
     except CheckpointError as e:
-        fail(str(e))
+        hint = (
+            ""
+            if zero_shot or not (path / "config.json").is_file()
+            else (
+                "; a Hugging Face vision-language checkpoint needs a trained global model first: "
+                f"`fmlab tempo train --compressor {path} --out DIR`"
+            )
+        )
+        fail(f"{e}{hint}")
     if stack.kind != "tempo":
         fail(f"{path} is a '{stack.kind}' baseline, not a Tempo model")
     return stack
@@ -74,7 +88,11 @@ def compress(
     video: Path = typer.Argument(..., help="a video file (mp4, mkv, webm, ...)"),
     query: str = typer.Option(..., help="the question the compression is for"),
     budget: int = typer.Option(64, help="visual tokens for the whole video"),
-    model: Path = typer.Option(None, help="a trained Tempo model (default: the cache)"),
+    model: Path = typer.Option(
+        None,
+        help="a trained Tempo model (default: the cache), or a local Hugging Face "
+        "vision-language checkpoint used zero-shot as the compressor",
+    ),
     fps: float = typer.Option(2.0),
     max_frames: int = typer.Option(1024),
     plot: Path = typer.Option(None, help="write the allocation heat-map here (PNG)"),
@@ -84,11 +102,10 @@ def compress(
 
     if budget < 1:
         fail(f"--budget must be >= 1, got {budget}")
-    stack = _load(model)
+    stack = _load(model, zero_shot=True)
     v = _frames(video, fps, max_frames, stack.cfg.frame_size)
-    q = stack.vocab.encode(query)
     with torch.no_grad():
-        _, info = stack.blocks(v.frames, q, budget, "tempo")
+        _, info = stack.blocks(v.frames, query, budget, "tempo")
     alloc, scores = info["alloc"], info["scores"]
     out = {
         "video": str(video),
@@ -122,10 +139,9 @@ def answer(
 
     stack = _load(model)
     v = _frames(video, fps, max_frames, stack.cfg.frame_size)
-    q = stack.vocab.encode(question)
     with torch.no_grad():
-        blocks, info = stack.blocks(v.frames, q, budget, "tempo")
-        p = torch.softmax(stack.logits([(blocks, q)])[0], -1)
+        blocks, info = stack.blocks(v.frames, question, budget, "tempo")
+        p = torch.softmax(stack.logits([(blocks, question)])[0], -1)
     best = int(p.argmax())
     typer.echo(json.dumps({
         "answer": stack.vocab.answers[best], "p": round(float(p[best]), 4),
@@ -140,12 +156,21 @@ def train(
     seed: int = typer.Option(0),
     quick: bool = typer.Option(False, help="a short schedule (for trying things)"),
     no_random_prefix: bool = typer.Option(False, help="train without random prefix truncation"),
+    compressor: Path = typer.Option(
+        None, help="a local Hugging Face vision-language checkpoint as the compressor"
+    ),
+    freeze_backbone: bool = typer.Option(
+        False, help="with --compressor: train only its memory tokens and the global model"
+    ),
 ) -> None:
-    """Train a tiny stack through the stages (align, qa-pretrain, long-sft); resumable."""
+    """Train a stack through the stages (align, qa-pretrain, long-sft); resumable."""
+    from fmlab.core.io import CheckpointError
     from fmlab.tempo.pipeline import KINDS, TrainConfig, train_stack
 
     if kind not in KINDS:
         fail(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if compressor is not None and kind not in ("tempo", "agnostic"):
+        fail(f"--compressor needs --kind tempo or agnostic, got {kind!r}")
     out = out or _default_model()
     cfg = TrainConfig(seed=seed, random_prefix=not no_random_prefix)
     if quick:
@@ -155,7 +180,12 @@ def train(
             random_prefix=not no_random_prefix,
             checkpoint_every=40,
         )
-    stack = train_stack(kind, out, cfg, log=_log)
+    try:
+        stack = train_stack(
+            kind, out, cfg, log=_log, compressor=compressor, freeze_backbone=freeze_backbone
+        )
+    except CheckpointError as e:
+        fail(str(e))
     stack.save(out, {"train": cfg.__dict__ | {"stages": [list(s) for s in cfg.stages]}})
     typer.echo(f"saved {kind} model to {out}")
 

@@ -36,10 +36,9 @@ def evaluate_arm(
     used, frames, ious, scores, labels = [], [], [], [], []
     for v in videos:
         for q in v.questions:
-            query = stack.vocab.encode(q.text)
             truth = segment_truth(v, q, stack.cfg.seg_len)
-            blocks, info = stack.blocks(v.frames, query, budget, arm, truth, rng)
-            pred = stack.vocab.answers[int(stack.logits([(blocks, query)]).argmax(-1))]
+            blocks, info = stack.blocks(v.frames, q.text, budget, arm, truth, rng)
+            pred = stack.vocab.answers[int(stack.logits([(blocks, q.text)]).argmax(-1))]
             correct[q.family].append(pred == q.answer)
             used.append(sum(len(t) for _, t in blocks))
             frames.append(len(v.frames))

@@ -134,6 +134,13 @@ class Compressor(nn.Module):
         # pre-training; it teaches the memory to hold query-relevant content, first tokens first)
         self.probe = nn.Linear(d, len(COLOURS) + 1)
 
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.d_svlm
+
+    def encode_query(self, text: str) -> list[int]:
+        return self.vocab.encode(text)
+
     def forward(
         self, segments: torch.Tensor, query: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:

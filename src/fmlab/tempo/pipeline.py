@@ -73,32 +73,49 @@ def segment_truth(video: SynthVideo, question, seg_len: int) -> np.ndarray:
 
 class Stack(nn.Module):
     """One trained model: a compressor + global model (kinds tempo / agnostic) or a frame
-    encoder + global model (kinds frames / pool)."""
+    encoder + global model (kinds frames / pool).
 
-    def __init__(self, kind: str, cfg: TempoConfig | None = None):
+    The compressor is the tiny SVLM built from ``cfg`` unless an ``HFCompressor``
+    (``fmlab.tempo.hf``, a Hugging Face vision-language model) is passed.
+    """
+
+    def __init__(self, kind: str, cfg: TempoConfig | None = None, compressor=None):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         cfg = cfg or TempoConfig()
         if kind == "agnostic":
             cfg = TempoConfig(**{**cfg.to_dict(), "query_aware": False})
+        if compressor is not None:
+            if kind not in ("tempo", "agnostic"):
+                raise ValueError(f"a '{kind}' stack has no compressor")
+            compressor.query_aware = cfg.query_aware
+            cfg = TempoConfig(**{
+                **cfg.to_dict(), "mem_tokens": compressor.mem_tokens,
+                "d_svlm": compressor.hidden_size, "frame_size": compressor.frame_size,
+            })  # fmt: skip
         self.kind, self.cfg, self.vocab = kind, cfg, Vocab()
         if kind in ("tempo", "agnostic"):
-            self.compressor = Compressor(cfg, self.vocab)
+            self.compressor = compressor if compressor is not None else Compressor(cfg, self.vocab)
         else:
             self.frame_encoder = FrameEncoder(cfg, cfg.d_svlm)
         self.glob = GlobalModel(cfg, self.vocab, cfg.d_svlm)
 
+    @property
+    def hf(self) -> bool:
+        """Whether the compressor is a Hugging Face vision-language model."""
+        return hasattr(self, "compressor") and not isinstance(self.compressor, Compressor)
+
     # -- visual tokens under a budget ----------------------------------------------------
-    def compress(self, frames: np.ndarray, query: list[int]):
+    def compress(self, frames: np.ndarray, question: str):
+        """Memory states (N, M, d) and relevance logits (N,) of every segment."""
         seg = segments_of(frames, self.cfg.seg_len)
-        mem, rel = self.compressor(seg, query)
-        return mem, rel
+        return self.compressor(seg, self.compressor.encode_query(question))
 
     def blocks(
         self,
         frames: np.ndarray,
-        query: list[int],
+        question: str,
         budget: int,
         arm: str,
         truth: np.ndarray | None = None,
@@ -110,7 +127,7 @@ class Stack(nn.Module):
         t = len(frames)
         if self.kind in ("frames", "pool"):
             return self._frame_blocks(frames, budget)
-        mem, rel = self.compress(frames, query)
+        mem, rel = self.compress(frames, question)
         n, m = mem.shape[:2]
         scores = torch.sigmoid(rel).detach().numpy()
         probe = self.compressor.probe(mem[:, 0])
@@ -150,10 +167,13 @@ class Stack(nn.Module):
         return blocks, {"pooled_tokens": k}
 
     def logits(self, items) -> torch.Tensor:
-        return self.glob([self.glob.sequence(b, q) for b, q in items])
+        """Answer logits for (blocks, question text) pairs."""
+        return self.glob([self.glob.sequence(b, self.vocab.encode(q)) for b, q in items])
 
     # -- save / load ----------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """``model.safetensors`` + ``tempo.json``; an HF compressor's backbone goes to
+        ``compressor/`` in its own format (its memory tokens stay in ``model.safetensors``)."""
         from safetensors.torch import save_file
 
         from fmlab.core.io import atomic_dir
@@ -161,9 +181,12 @@ class Stack(nn.Module):
         with atomic_dir(path, overwrite=True) as tmp:
             state = {k: v.contiguous() for k, v in self.state_dict().items()}
             state.pop("compressor.lm_head.weight", None)  # tied to the word embeddings
+            if self.hf:
+                state = {k: v for k, v in state.items() if not k.startswith("compressor.model.")}
+                self.compressor.save_backbone(tmp / "compressor")
             save_file(state, str(tmp / "model.safetensors"))
-            meta = {"kind": self.kind, "config": self.cfg.to_dict(), **(extra or {})}
-            (tmp / "tempo.json").write_text(json.dumps(meta, indent=1))
+            meta = {"kind": self.kind, "config": self.cfg.to_dict(), "hf_compressor": self.hf}
+            (tmp / "tempo.json").write_text(json.dumps({**meta, **(extra or {})}, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Stack:
@@ -177,11 +200,18 @@ class Stack(nn.Module):
                 f"{path}: not a Tempo model (tempo.json missing); train one with `fmlab tempo train`"
             )
         meta = json.loads((path / "tempo.json").read_text())
-        stack = cls(meta["kind"], TempoConfig(**meta["config"]))
+        cfg = TempoConfig(**meta["config"])
+        compressor = None
+        if meta.get("hf_compressor"):
+            from fmlab.tempo.hf import HFCompressor
+
+            compressor = HFCompressor.from_pretrained(path / "compressor", cfg.mem_tokens)
+        stack = cls(meta["kind"], cfg, compressor)
         missing, unexpected = stack.load_state_dict(
             load_file(str(path / "model.safetensors")), strict=False
         )
-        missing = [k for k in missing if k != "compressor.lm_head.weight"]
+        skip = ("compressor.lm_head.weight", "compressor.model.")
+        missing = [k for k in missing if not k.startswith(skip)]
         if missing or unexpected:
             raise CheckpointError(f"{path}: weights do not match ({missing[:3]} {unexpected[:3]})")
         return stack.eval()
@@ -222,11 +252,25 @@ def train_stack(
     cfg: TrainConfig = TrainConfig(),
     model_cfg: TempoConfig | None = None,
     log: Callable[[str], None] = print,
+    compressor: str | Path | None = None,
+    freeze_backbone: bool = False,
 ) -> Stack:
-    """Train one stack through the stages; resumes from ``out`` if a checkpoint is there."""
+    """Train one stack through the stages; resumes from ``out`` if a checkpoint is there.
+
+    ``compressor``: a local Hugging Face vision-language checkpoint to use as the compressor
+    instead of the tiny SVLM; ``freeze_backbone`` then trains only its memory tokens, the probe
+    and the global model.
+    """
     torch.manual_seed(cfg.seed)
-    stack = Stack(kind, model_cfg)
-    opt = torch.optim.AdamW(stack.parameters(), lr=cfg.lr, weight_decay=0.01)
+    hf = None
+    if compressor is not None:
+        from fmlab.tempo.hf import HFCompressor
+
+        hf = HFCompressor.from_pretrained(compressor, (model_cfg or TempoConfig()).mem_tokens)
+        if freeze_backbone:
+            hf.model.requires_grad_(False)
+    stack = Stack(kind, model_cfg, hf)
+    opt = torch.optim.AdamW(_trainable(stack), lr=cfg.lr, weight_decay=0.01)
     total = sum(s for _, s, _ in cfg.stages)
     done = 0
     ckpt = Path(out) / "checkpoint" if out is not None else None
@@ -234,7 +278,9 @@ def train_stack(
         meta = json.loads((ckpt / "tempo.json").read_text())
         if meta.get("train") == _jsonable(cfg):
             stack = Stack.load(ckpt).train()
-            opt = torch.optim.AdamW(stack.parameters(), lr=cfg.lr, weight_decay=0.01)
+            if stack.hf and freeze_backbone:
+                stack.compressor.model.requires_grad_(False)
+            opt = torch.optim.AdamW(_trainable(stack), lr=cfg.lr, weight_decay=0.01)
             opt.load_state_dict(torch.load(ckpt / "optim.pt", weights_only=True))
             done = int(meta["step"])
             log(f"resuming {kind} at step {done}/{total}")
@@ -258,7 +304,6 @@ def train_stack(
             n_seg = math.ceil(n_frames / stack.cfg.seg_len)
             for _ in range(cfg.batch):
                 video, q = _sample(rng, n_frames, 10_000_000 * (cfg.seed + 1))
-                query = stack.vocab.encode(q.text)
                 budget = int(rng.choice(cfg.budgets_per_segment)) * n_seg
                 truth = segment_truth(video, q, stack.cfg.seg_len)
                 prefix = None
@@ -270,7 +315,7 @@ def train_stack(
                 elif name == "long-sft" and cfg.random_prefix and rng.random() < 0.5:
                     prefix = rng.integers(1, stack.cfg.mem_tokens + 1, size=n_seg)
                 arm = "uniform-alloc" if kind == "agnostic" else "tempo"
-                blocks, info = stack.blocks(video.frames, query, budget, arm, truth, rng, prefix)
+                blocks, info = stack.blocks(video.frames, q.text, budget, arm, truth, rng, prefix)
                 if kind == "tempo" and q.needles:
                     rel_loss = rel_loss + nn.functional.binary_cross_entropy_with_logits(
                         info["relevance_logits"], torch.from_numpy(truth)
@@ -280,7 +325,7 @@ def train_stack(
                     rel_loss = rel_loss + cfg.probe_weight * nn.functional.cross_entropy(
                         info["probe"], torch.from_numpy(target)
                     )
-                items.append((blocks, query))
+                items.append((blocks, q.text))
                 answers.append(stack.vocab.answer_index(q.answer))
             logits = stack.logits(items)
             loss = nn.functional.cross_entropy(logits, torch.tensor(answers))
@@ -298,6 +343,10 @@ def train_stack(
                 stack.save(ckpt, {"train": _jsonable(cfg), "step": step})
                 torch.save(opt.state_dict(), ckpt / "optim.pt")
     return stack.eval()
+
+
+def _trainable(stack: Stack) -> list[nn.Parameter]:
+    return [p for p in stack.parameters() if p.requires_grad]
 
 
 def _jsonable(cfg: TrainConfig) -> dict:
