@@ -71,9 +71,10 @@ def test_cli_build_prior_segment_and_errors(tmp_path):
     assert res.exit_code == 0, res.output
     train = sorted((tmp_path / "train").glob("*.npz"))
     res = r.invoke(app, ["rdd", "build-prior", *map(str, train), "--out", str(tmp_path / "p.npz"),
-                         "--encoder", "pixels-pca"])  # fmt: skip
+                         "--encoder", "pixels-pca", "--motion", "2"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert Prior.load(tmp_path / "p.npz").encoder == "pixels-pca"
+    assert Prior.load(tmp_path / "p.npz").motion == 2.0
     demo = sorted((tmp_path / "test").glob("*.npz"))[0]
     out = tmp_path / "seg.json"
     res = r.invoke(app, ["rdd", "segment", str(demo), "--prior", str(tmp_path / "p.npz"), "--out",
@@ -102,4 +103,8 @@ def test_exact_and_faiss_indexes_give_the_same_segmentation():
     f = arena.state_features(ep.states)
     a = segment(f, prior)
     b = segment(f, prior.with_index("faiss-flat"))
+    assert a.boundaries == b.boundaries and a.labels == b.labels
+    moving = Prior.from_clips(clips, labels, motion=3.0)
+    a = segment(f, moving)
+    b = segment(f, moving.with_index("faiss-flat"))
     assert a.boundaries == b.boundaries and a.labels == b.labels

@@ -21,10 +21,11 @@ from fmlab.rdd import (
 from fmlab.rdd.prior import naive_distance
 
 
-def _prior(rng, dim, n_clips, mode="default", metric="angular", index="exact"):
-    clips = [rng.normal(size=(int(rng.integers(1, 6)), dim)) for _ in range(n_clips)]
+def _prior(rng, dim, n_clips, mode="default", metric="angular", index="exact", motion=0.0):
+    lo = 2 if motion else 1
+    clips = [rng.normal(size=(int(rng.integers(lo, 6)), dim)) for _ in range(n_clips)]
     labels = [f"skill{i % 3}" for i in range(n_clips)]
-    return Prior.from_clips(clips, labels, mode=mode, metric=metric, index=index)
+    return Prior.from_clips(clips, labels, mode=mode, metric=metric, index=index, motion=motion)
 
 
 @settings(max_examples=60, deadline=None)
@@ -37,14 +38,19 @@ def _prior(rng, dim, n_clips, mode="default", metric="angular", index="exact"):
     metric=st.sampled_from(["angular", "l2"]),
     alpha=st.sampled_from([None, 0.0, 0.7, 2.0]),
     beta=st.sampled_from([0.0, 0.5]),
+    motion=st.sampled_from([0.0, 1.5]),
 )
-def test_dp_equals_brute_force(seed, n, min_len, span, mode, metric, alpha, beta):
+def test_dp_equals_brute_force(seed, n, min_len, span, mode, metric, alpha, beta, motion):
     rng = np.random.default_rng(seed)
     dim = 3
-    prior = _prior(rng, dim, int(rng.integers(1, 6)), mode, metric)
+    prior = _prior(rng, dim, int(rng.integers(1, 6)), mode, metric, motion=motion)
     f = rng.normal(size=(n, dim))
     max_len = min_len + span
     uvd = {"min_interval": 2, "gamma": 0.5}
+    if motion and min_len < 2:
+        with pytest.raises(RDDError, match="motion keys, which need min_len >= 2"):
+            segment(f, prior, alpha, beta, min_len, max_len, uvd)
+        return
     if n < min_len:
         with pytest.raises(RDDError, match="fewer than min_len"):
             segment(f, prior, alpha, beta, min_len, max_len, uvd)
@@ -60,14 +66,15 @@ def test_dp_equals_brute_force(seed, n, min_len, span, mode, metric, alpha, beta
     assert all(min_len <= e - s <= max_len for s, e in seg.boundaries)
 
 
+@pytest.mark.parametrize("motion", [0.0, 2.0])
 @pytest.mark.parametrize("metric", ["angular", "l2"])
 @pytest.mark.parametrize("mode", ["default", "ood"])
-def test_batched_search_matches_naive_and_faiss(metric, mode):
+def test_batched_search_matches_naive_and_faiss(metric, mode, motion):
     rng = np.random.default_rng(0)
-    prior = _prior(rng, 8, 30, mode, metric)
+    prior = _prior(rng, 8, 30, mode, metric, motion=motion)
     f = rng.normal(size=(40, 8)).astype(np.float32)
     s = rng.integers(0, 30, size=200)
-    e = s + rng.integers(1, 10, size=200)
+    e = s + rng.integers(2, 10, size=200)
     d, nn = prior.search(f, s, e)
     for i in range(0, 200, 7):
         dn, jn = naive_distance(prior, f.astype(np.float64), s[i], e[i])
@@ -125,6 +132,10 @@ def test_errors_are_clear(tmp_path):
         segment(np.zeros((0, 4)), prior)
     with pytest.raises(RDDError, match="at least one labelled"):
         Prior.from_clips([], [])
+    with pytest.raises(RDDError, match="motion keys need clips of >= 2 frames"):
+        Prior.from_clips([np.ones((1, 4))], ["a"], motion=1.0)
+    with pytest.raises(RDDError, match="motion must be a finite weight"):
+        Prior.from_clips([np.ones((3, 4))], ["a"], motion=-1.0)
     with pytest.raises(RDDError, match="no such prior"):
         Prior.load(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -134,11 +145,12 @@ def test_errors_are_clear(tmp_path):
 
 def test_prior_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    prior = _prior(rng, 4, 7, mode="ood", metric="l2")
+    prior = _prior(rng, 4, 7, mode="ood", metric="l2", motion=3.0)
     prior.encoder = "pixels-pca"
     prior.save(tmp_path / "p.npz")
     back = Prior.load(tmp_path / "p.npz")
     assert (back.mode, back.metric, back.encoder, back.dim) == ("ood", "l2", "pixels-pca", 4)
+    assert back.motion == 3.0 and back.keys.shape == (7, 8)
     np.testing.assert_allclose(back.keys, prior.keys, rtol=1e-6)
     assert list(back.labels) == list(prior.labels) and list(back.durations) == list(prior.durations)
 
@@ -176,3 +188,30 @@ def test_ten_thousand_frames_in_seconds():
     seg = segment(f, prior, min_len=2, max_len=100)
     assert seg.n_frames == 10_000
     assert time.perf_counter() - t < 60  # generous for CI; the scaling record holds the real number
+
+
+def test_motion_keys_tell_a_finished_movement_from_a_cut_through_it():
+    """Two sub-tasks, each an eased move between two points, glide through the same positions
+    mid-way; only the velocity in the key tells where a movement really ends."""
+    rng = np.random.default_rng(3)
+
+    def move(a, b, n):
+        u = np.linspace(0, 1, n + 1)[1:, None]
+        return a + (b - a) * (u * u * (3 - 2 * u)) + 0.002 * rng.normal(size=(n, 2))
+
+    def demo():
+        lens = rng.integers(14, 22, size=4)
+        pts = rng.uniform(-1, 1, size=(5, 2))
+        f = np.concatenate([move(pts[i], pts[i + 1], n) for i, n in enumerate(lens)])
+        cuts = np.cumsum(lens)
+        return f, list(zip([0, *cuts[:-1]], cuts, strict=True))
+
+    train = [demo() for _ in range(12)]
+    scores = {}
+    for w in (0.0, 8.0):
+        clips = [f[s:e] for f, b in train for s, e in b]
+        prior = Prior.from_clips(clips, ["move"] * len(clips), metric="l2", motion=w)
+        scores[w] = np.mean(
+            [miou(segment(f, prior, alpha=1.0).boundaries, b) for f, b in (demo() for _ in range(8))]
+        )
+    assert scores[8.0] > scores[0.0] + 0.1, scores

@@ -71,6 +71,9 @@ def build_prior(
     encoder: str = typer.Option(
         None, help="for frame demos: pixels-pca | tcn | hf:DIR (fitted on these demos)"
     ),
+    motion: float = typer.Option(
+        0.0, help="weight of the endpoints' velocities in the keys (0: off, as in the paper)"
+    ),
 ) -> None:
     """One prior key per labelled interval of the given demos."""
     from fmlab.rdd.encoders import get_encoder
@@ -94,7 +97,9 @@ def build_prior(
                     )
                 clips.append(f[s:e])
                 labels.append(str(lab))
-        prior = Prior.from_clips(clips, labels, mode=mode, metric=metric, encoder=encoder or "")
+        prior = Prior.from_clips(
+            clips, labels, mode=mode, metric=metric, encoder=encoder or "", motion=motion
+        )
         if enc is not None:
             prior.encoder_state = {k: v for k, v in enc.state().items() if v is not None}
         prior.save(out)

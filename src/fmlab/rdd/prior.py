@@ -1,7 +1,10 @@
 """The prior: one key per labelled sub-task interval of the policy's training data.
 
 An interval [s, e) of per-frame features f is keyed by concat(f[s], f[e-1]) ("default" mode) or
-f[e-1] alone ("ood" mode). Retrieval is k = 1 nearest neighbour under the angular distance
+f[e-1] alone ("ood" mode). With ``motion = w > 0`` each endpoint also carries its velocity inside
+the interval: the start part is [f[s], w (f[s+1] - f[s])] and the end part
+[f[e-1], w (f[e-1] - f[e-2])], so a cut in the middle of a movement no longer looks like a
+finished sub-task (intervals then need at least 2 frames). Retrieval is k = 1 nearest neighbour under the angular distance
 sqrt(2 - 2 cos) (what Annoy's "angular" metric, used by the official code, returns) or L2.
 
 Exact search never materialises the interval keys: with concatenated keys both the dot product
@@ -70,6 +73,7 @@ class Prior:
     index: str = "exact"
     encoder: str = ""
     encoder_state: dict = field(default_factory=dict)  # a fitted encoder's arrays
+    motion: float = 0.0  # weight of the endpoint velocities in the key (0: off, the paper)
     _ann: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -84,7 +88,9 @@ class Prior:
         self.labels = np.asarray(self.labels, dtype=str)
         if len(self.keys) == 0:
             raise RDDError("the prior is empty: build it from at least one labelled clip")
-        k = self.dim * (2 if self.mode == "default" else 1)
+        if not (math.isfinite(self.motion) and self.motion >= 0):
+            raise RDDError(f"motion must be a finite weight >= 0, got {self.motion}")
+        k = self.part * (2 if self.mode == "default" else 1)
         if self.keys.ndim != 2 or self.keys.shape[1] != k:
             raise RDDError(f"keys must be (P x {k}) for dim {self.dim} in {self.mode} mode")
         if not (len(self.durations) == len(self.labels) == len(self.keys)):
@@ -95,6 +101,11 @@ class Prior:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def part(self) -> int:
+        """Width of one endpoint's part of a key."""
+        return self.dim * (2 if self.motion else 1)
+
     @classmethod
     def from_clips(
         cls,
@@ -104,6 +115,7 @@ class Prior:
         index: str = "exact",
         metric: str = "angular",
         encoder: str = "",
+        motion: float = 0.0,
     ) -> Prior:
         """One key per clip: ``clips[i]`` is the (L_i x D) features of one labelled interval."""
         if len(clips) == 0:
@@ -115,15 +127,19 @@ class Prior:
         for i, c in enumerate(clips):
             a = check_features(c, f"clip {i} ({labels[i]})", dim)
             dim = a.shape[1]
-            keys.append(_key(a[0], a[-1], mode))
+            if motion and len(a) < 2:
+                raise RDDError(
+                    f"clip {i} ({labels[i]}) has 1 frame; motion keys need clips of >= 2 frames"
+                )
+            keys.append(_interval_key(a, 0, len(a), mode, motion))
             durs.append(len(a))
         return cls(np.stack(keys), np.array(durs), np.array(labels, dtype=str), dim, mode, metric,
-                   index, encoder)  # fmt: skip
+                   index, encoder, motion=motion)  # fmt: skip
 
     def with_index(self, index: str) -> Prior:
         """The same prior searched through another index."""
         return Prior(self.keys, self.durations, self.labels, self.dim, self.mode, self.metric,
-                     index, self.encoder, self.encoder_state)  # fmt: skip
+                     index, self.encoder, self.encoder_state, self.motion)  # fmt: skip
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -139,6 +155,7 @@ class Prior:
                 mode=np.array(self.mode),
                 metric=np.array(self.metric),
                 encoder=np.array(self.encoder),
+                motion=np.array(self.motion),
                 **{f"enc.{k}": np.asarray(v) for k, v in self.encoder_state.items()},
             )
 
@@ -155,7 +172,8 @@ class Prior:
             return cls(z["keys"], z["durations"], z["labels"], int(z["dim"]), str(z["mode"]),
                        str(z["metric"]) if "metric" in z.files else "angular", index,
                        str(z["encoder"]) if "encoder" in z.files else "",
-                       {k[4:]: z[k] for k in z.files if k.startswith("enc.")})  # fmt: skip
+                       {k[4:]: z[k] for k in z.files if k.startswith("enc.")},
+                       float(z["motion"]) if "motion" in z.files else 0.0)  # fmt: skip
         except (OSError, ValueError) as e:
             if isinstance(e, RDDError):
                 raise
@@ -180,22 +198,23 @@ class Prior:
 
     def _exact(self, f: np.ndarray, s: np.ndarray, e: np.ndarray):
         k = self.keys
-        ke = k[:, -self.dim :]
-        fe = f @ ke.T  # (N x P) end-frame dot products
-        f2 = (f * f).sum(1)
+        fs_part, fe_part = endpoint_parts(f, self.motion)
+        fe = fe_part @ k[:, -self.part :].T  # (N x P) end-frame dot products
+        fe2 = (fe_part * fe_part).sum(1)
         k2 = (k * k).sum(1)
         if self.mode == "default":
-            fs = f @ k[:, : self.dim].T
+            fs = fs_part @ k[:, : self.part].T
+            fs2 = (fs_part * fs_part).sum(1)
         dist = np.empty(len(s))
         nn = np.empty(len(s), dtype=np.int64)
         step = max(1, _CHUNK // len(k))
         for i in range(0, len(s), step):
             si, ei = s[i : i + step], e[i : i + step]
             dot = fe[ei]
-            q2 = f2[ei]
+            q2 = fe2[ei]
             if self.mode == "default":
                 dot = dot + fs[si]
-                q2 = q2 + f2[si]
+                q2 = q2 + fs2[si]
             if self.metric == "angular":
                 cos = dot / np.sqrt(np.maximum(q2[:, None] * k2[None, :], 1e-300))
                 j = cos.argmax(1)
@@ -220,13 +239,14 @@ class Prior:
                 ann.hnsw.efSearch = 64
             ann.add(keys)
             self._ann = ann
+        fs_part, fe_part = endpoint_parts(f, self.motion)
         dist = np.empty(len(s))
         nn = np.empty(len(s), dtype=np.int64)
         step = max(1, _CHUNK // self.keys.shape[1])
         for i in range(0, len(s), step):
-            q = f[e[i : i + step]]
+            q = fe_part[e[i : i + step]]
             if self.mode == "default":
-                q = np.concatenate([f[s[i : i + step]], q], 1)
+                q = np.concatenate([fs_part[s[i : i + step]], q], 1)
             d2, j = self._ann.search(self._prep(q), 1)
             dist[i : i + step] = np.sqrt(np.maximum(d2[:, 0], 0.0))
             nn[i : i + step] = j[:, 0]
@@ -239,13 +259,32 @@ class Prior:
         return x
 
 
-def _key(first: np.ndarray, last: np.ndarray, mode: str) -> np.ndarray:
+def endpoint_parts(f: np.ndarray, motion: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame t, its key part as an interval's first frame and as its last frame.
+
+    Without motion both are f[t]. With motion w: [f[t], w (f[t+1] - f[t])] as a start and
+    [f[t], w (f[t] - f[t-1])] as an end (the velocity inside the interval; the missing neighbour
+    of the demo's last/first frame gives 0, and no interval of >= 2 frames uses it)."""
+    if not motion:
+        return f, f
+    d = np.zeros_like(f)
+    d[1:] = f[1:] - f[:-1]
+    fwd = np.concatenate([d[1:], np.zeros_like(f[:1])])
+    return np.concatenate([f, motion * fwd], 1), np.concatenate([f, motion * d], 1)
+
+
+def _interval_key(f: np.ndarray, s: int, e: int, mode: str, motion: float = 0.0) -> np.ndarray:
+    """The key of one interval [s, e) of f, built directly from its frames."""
+    first, last = f[s], f[e - 1]
+    if motion:
+        first = np.concatenate([first, motion * (f[s + 1] - f[s])])
+        last = np.concatenate([last, motion * (f[e - 1] - f[e - 2])])
     return np.concatenate([first, last]) if mode == "default" else np.asarray(last)
 
 
 def naive_distance(prior: Prior, features: np.ndarray, s: int, e: int) -> tuple[float, int]:
     """Nearest key of one interval by direct comparison with every key (for tests)."""
-    q = _key(features[s], features[e - 1], prior.mode).astype(np.float64)
+    q = _interval_key(np.asarray(features, np.float64), s, e, prior.mode, prior.motion)
     best, arg = math.inf, -1
     for j, k in enumerate(prior.keys):
         if prior.metric == "angular":

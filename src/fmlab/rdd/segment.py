@@ -74,9 +74,11 @@ class Segmentation:
         return cls(list(pairwise(edges)), list(labels or []), [], method)
 
 
-def _check_lengths(n: int, min_len: int, max_len: int) -> None:
+def _check_lengths(n: int, min_len: int, max_len: int, prior: Prior) -> None:
     if min_len < 1:
         raise RDDError(f"min_len must be >= 1, got {min_len}")
+    if prior.motion and min_len < 2:
+        raise RDDError(f"the prior has motion keys, which need min_len >= 2 (got {min_len})")
     if min_len > max_len:
         raise RDDError(f"min_len ({min_len}) > max_len ({max_len}); pass min_len <= max_len")
     if n < min_len:
@@ -133,7 +135,7 @@ def segment(
     the demo (``uvd_kwargs``) for the s_UVD term."""
     f = check_features(features, "demo", prior.dim)
     n = len(f)
-    _check_lengths(n, min_len, max_len)
+    _check_lengths(n, min_len, max_len, prior)
     alpha = _resolve_alpha(alpha, prior)
     hi = min(max_len, n)
     lengths = np.arange(min_len, hi + 1)
@@ -194,7 +196,7 @@ def brute_force_segment(
 
     f = check_features(features, "demo", prior.dim)
     n = len(f)
-    _check_lengths(n, min_len, max_len)
+    _check_lengths(n, min_len, max_len, prior)
     alpha = _resolve_alpha(alpha, prior)
     uvd = _uvd_starts(f, uvd_kwargs) if beta else None
 
