@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from fmlab.cli import app
 from fmlab.rdd import Prior, RDDError, arena, segment
-from fmlab.rdd.encoders import HFVisionEncoder, PixelPCA, TCNEncoder, get_encoder
+from fmlab.rdd.encoders import HFVisionEncoder, PixelPCA, StateCNN, TCNEncoder, get_encoder
 
 
 def test_arena_is_seeded_and_the_true_plan_succeeds():
@@ -34,15 +34,30 @@ def test_encoders_fit_encode_and_round_trip():
     frames = [ep.frames for ep in eps]
     pca = PixelPCA(8).fit(frames)
     tcn = TCNEncoder(dim=8, steps=5, batch=16).fit(frames)
-    for enc in (pca, tcn):
+    states = [arena.state_features(ep.states) for ep in eps]
+    scnn = StateCNN(steps=5, batch=16).fit(frames, targets=states)
+    for enc in (pca, tcn, scnn):
         f = enc.encode(frames[0])
-        assert f.shape == (len(frames[0]), 8) and np.isfinite(f).all()
+        assert f.shape == (len(frames[0]), 8 if enc is not scnn else arena.STATE_DIM)
+        assert np.isfinite(f).all()
         back = get_encoder(enc.name, enc.state())
         np.testing.assert_allclose(back.encode(frames[0]), f, rtol=1e-5, atol=1e-5)
     with pytest.raises(RDDError, match="expected \\(N, H, W, 3\\)"):
         pca.encode(np.zeros((3, 8, 8)))
     with pytest.raises(RDDError, match="not fitted"):
         PixelPCA().encode(frames[0])
+    with pytest.raises(RDDError, match="state-cnn learns from per-frame states"):
+        StateCNN().fit(frames)
+
+
+def test_state_cnn_learns_to_read_the_state():
+    train = arena.make_split(0, "train", 2)
+    enc = StateCNN(steps=400).fit([e.frames for e in train],
+                                  targets=[arena.state_features(e.states) for e in train])  # fmt: skip
+    test = arena.make_split(0, "standard", 1)
+    err = np.mean([np.abs(enc.encode(e.frames) - arena.state_features(e.states)).mean() for e in test])
+    spread = np.mean([np.abs(arena.state_features(e.states) - 0.5).mean() for e in test])
+    assert err < spread / 3, (err, spread)
 
 
 def test_hf_vision_encoder_on_a_tiny_local_vit(tmp_path):

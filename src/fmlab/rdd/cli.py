@@ -69,7 +69,7 @@ def build_prior(
     mode: str = typer.Option("default", help="default: key = f(start)+f(end); ood: key = f(end)"),
     metric: str = typer.Option("angular", help="angular | l2"),
     encoder: str = typer.Option(
-        None, help="for frame demos: pixels-pca | tcn | hf:DIR (fitted on these demos)"
+        None, help="for frame demos: pixels-pca | tcn | state-cnn | hf:DIR (fitted on these demos)"
     ),
     motion: float = typer.Option(
         0.0, help="weight of the endpoints' velocities in the keys (0: off, as in the paper)"
@@ -86,7 +86,15 @@ def build_prior(
                 raise RDDError(f"{p}: a prior demo needs 'boundaries' and 'labels'")
         enc = None
         if encoder is not None:
-            enc = get_encoder(encoder).fit([d["frames"] for _, d in loaded if "frames" in d])
+            with_frames = [d for _, d in loaded if "frames" in d]
+            enc = get_encoder(encoder)
+            if encoder == "state-cnn":
+                if any("state_features" not in d for d in with_frames):
+                    raise RDDError("--encoder state-cnn learns from the demos' 'state_features'")
+                enc.fit([d["frames"] for d in with_frames],
+                        targets=[d["state_features"] for d in with_frames])  # fmt: skip
+            else:
+                enc.fit([d["frames"] for d in with_frames])
         clips, labels = [], []
         for p, d in loaded:
             f = _features(d, p, enc)

@@ -4,6 +4,10 @@
 - ``TCNEncoder``: a small CNN trained here, self-supervised, with a time-contrastive objective
   (frames a few steps apart in one demo attract, other frames repel; InfoNCE), with brightness
   and noise augmentation so it does not key on lighting.
+- ``StateCNN``: a small CNN trained to read per-frame state targets (proprioception, object
+  poses: whatever the demos logged) from pixels; the estimated state is the feature. In the
+  bench it is pretrained on a separate corpus of arena demos, our stand-in for the pretrained
+  encoders (LIV, R3M) of the paper.
 - ``HFVisionEncoder``: any local Hugging Face vision model directory (CLIP/DINOv2/ViT ...),
   pooled output; nothing is downloaded.
 
@@ -27,6 +31,7 @@ __all__ = [
     "Encoder",
     "HFVisionEncoder",
     "PixelPCA",
+    "StateCNN",
     "TCNEncoder",
     "check_frames",
     "get_encoder",
@@ -161,29 +166,89 @@ class TCNEncoder(Encoder):
         scale = 1 + 0.15 * (torch.rand(len(x), 1, 1, 1, generator=g) - 0.5)
         return (x + 0.5) * scale - 0.5 + 0.02 * torch.randn(x.shape, generator=g)
 
-    @torch.no_grad()
     def encode(self, frames):
         if self.net is None:
             raise RDDError("TCNEncoder is not trained: call fit(training demos) first")
-        x = _to_tensor(check_frames(frames))
-        return (
-            torch.cat([self.net(x[i : i + 512]) for i in range(0, len(x), 512)])
-            .numpy()
-            .astype(np.float64)
-        )
+        return _run(self.net, frames)
 
     def state(self):
         return {f"tcn.{k}": v.numpy() for k, v in self.net.state_dict().items()}
 
     @classmethod
     def from_state(cls, st: dict) -> TCNEncoder:
-        sd = {k[4:]: torch.from_numpy(np.asarray(v)) for k, v in st.items() if k.startswith("tcn.")}
-        head = next(v for v in sd.values() if v.ndim == 2)  # the one Linear layer
-        e = cls(dim=head.shape[0])
-        e.net = _ConvNet(e.dim)
-        e.net.net[-1] = nn.Linear(head.shape[1], e.dim)
-        e.net.load_state_dict(sd)
-        e.net.eval()
+        net = _net_from_state(st, "tcn.")
+        e = cls(dim=net.net[-1].out_features)
+        e.net = net
+        return e
+
+
+def _net_from_state(st: dict, prefix: str) -> _ConvNet:
+    sd = {k[len(prefix) :]: torch.from_numpy(np.asarray(v)) for k, v in st.items()
+          if k.startswith(prefix)}  # fmt: skip
+    head = next(v for v in sd.values() if v.ndim == 2)  # the one Linear layer
+    net = _ConvNet(head.shape[0])
+    net.net[-1] = nn.Linear(head.shape[1], head.shape[0])
+    net.load_state_dict(sd)
+    return net.eval()
+
+
+@torch.no_grad()
+def _run(net: _ConvNet, frames: np.ndarray) -> np.ndarray:
+    x = _to_tensor(check_frames(frames))
+    return torch.cat([net(x[i : i + 512]) for i in range(0, len(x), 512)]).numpy().astype(np.float64)
+
+
+class StateCNN(Encoder):
+    """A CNN trained to regress per-frame state targets from pixels (MSE, with brightness and
+    noise augmentation); features = the estimated state."""
+
+    name = "state-cnn"
+
+    def __init__(self, steps: int = 1500, batch: int = 128, lr: float = 2e-3):
+        self.steps, self.batch, self.lr = steps, batch, lr
+        self.net: _ConvNet | None = None
+
+    def fit(self, demos, seed: int = 0, targets=None, log=None) -> StateCNN:
+        """``targets[i]``: the (N_i x T) per-frame state of ``demos[i]``."""
+        if targets is None or len(targets) != len(demos):
+            raise RDDError(
+                "state-cnn learns from per-frame states: pass one (N x T) target array per demo "
+                "(in a demo .npz, 'state_features')"
+            )
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        x = torch.cat([_to_tensor(check_frames(d)) for d in demos])
+        y = torch.from_numpy(np.concatenate([np.asarray(t, np.float32) for t in targets]))
+        if len(y) != len(x) or y.ndim != 2:
+            raise RDDError(f"state targets: {tuple(y.shape)} rows for {len(x)} frames")
+        self.net = _ConvNet(y.shape[1])
+        self.net(x[:1])  # materialise the lazy layer
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
+        for step in range(self.steps):
+            i = torch.randint(len(x), (self.batch,), generator=g)
+            loss = nn.functional.mse_loss(self.net(TCNEncoder._augment(x[i], g)), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if log is not None and step % 500 == 0:
+                log(f"state-cnn step {step}: mse {loss.item():.4f}")
+        self.net.eval()
+        return self
+
+    def encode(self, frames):
+        if self.net is None:
+            raise RDDError("StateCNN is not trained: call fit(demos, targets=states) first")
+        return _run(self.net, frames)
+
+    def state(self):
+        return {f"scnn.{k}": v.numpy() for k, v in self.net.state_dict().items()}
+
+    @classmethod
+    def from_state(cls, st: dict) -> StateCNN:
+        e = cls()
+        e.net = _net_from_state(st, "scnn.")
         return e
 
 
@@ -214,7 +279,7 @@ class HFVisionEncoder(Encoder):
         return torch.cat(out).float().numpy().astype(np.float64)
 
 
-ENCODERS = ("pixels-pca", "tcn", "hf:<local dir>")
+ENCODERS = ("pixels-pca", "tcn", "state-cnn", "hf:<local dir>")
 
 
 def get_encoder(name: str, state: dict | None = None) -> Encoder:
@@ -223,6 +288,8 @@ def get_encoder(name: str, state: dict | None = None) -> Encoder:
         return PixelPCA.from_state(state) if state else PixelPCA()
     if name == "tcn":
         return TCNEncoder.from_state(state) if state else TCNEncoder()
+    if name == "state-cnn":
+        return StateCNN.from_state(state) if state else StateCNN()
     if name.startswith("hf:"):
         return HFVisionEncoder(name[3:])
     raise RDDError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
