@@ -123,3 +123,20 @@ def test_exact_and_faiss_indexes_give_the_same_segmentation():
     a = segment(f, moving)
     b = segment(f, moving.with_index("faiss-flat"))
     assert a.boundaries == b.boundaries and a.labels == b.labels
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_a_complete_record(tmp_path):
+    from fmlab.core.results import load_record
+    from fmlab.rdd.bench import quick
+
+    quick(tmp_path)
+    d = load_record(tmp_path / "arena.json")
+    assert set(d["baselines"]) == {"rdd-paper-keys", "uvd", "uniform", "random"}
+    for k in ("miou", "boundary_f1", "official_iou", "k_error", "policy_success"):
+        assert k in d["metrics"] and k in d["baselines"]["uvd"]
+    weights = d["metrics"]["motion_weights"][0]["state-cnn"]
+    assert weights in (0.0, 5.0)  # chosen from the quick grid by leave-one-demo-out
+    for split in ("standard", "adversarial", "ood"):
+        assert {"rdd", "rdd-motion", "uvd"} <= set(d["metrics"]["by_split"][split]["state-cnn"])
+    assert (tmp_path / "arena_timeline.png").stat().st_size > 1000

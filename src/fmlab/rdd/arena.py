@@ -267,7 +267,7 @@ def make_episode(rng: np.random.Generator, task: str, split: str = "standard") -
 def split_tasks(split: str) -> dict:
     if split == "adversarial":
         return ADVERSARIAL_TASKS
-    if split == "train":
+    if split in ("train", "pretrain"):
         return {**TASKS, **ADVERSARIAL_TASKS}
     return TASKS
 
@@ -278,7 +278,8 @@ def make_split(seed: int, split: str, per_task: int) -> list[Episode]:
     return [make_episode(rng, task, split) for task in split_tasks(split) for _ in range(per_task)]
 
 
-SPLIT_IDS = {"train": 0, "standard": 1, "adversarial": 2, "ood": 3}
+# pretrain: an encoder's pretraining corpus (every task, standard scenes), disjoint from the rest
+SPLIT_IDS = {"train": 0, "standard": 1, "adversarial": 2, "ood": 3, "pretrain": 4}
 
 
 def state_features(states: np.ndarray) -> np.ndarray:

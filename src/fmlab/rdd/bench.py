@@ -4,7 +4,11 @@ and encoder, with ablations, a plan-execution success proxy, and segmentation-ti
 Per seed: training demos (the policy's data: ``prior_demos`` per task, every task) fit the
 encoders and give the prior its labelled clips, as the paper builds its prior from 3 demos per
 task; UVD's two parameters are tuned on the same training demos
-(grid, best mean mIoU), so both methods see the same data. Test demos come from three splits
+(grid, best mean mIoU), so both methods see the same data. ``state-cnn`` is pretrained on a
+separate corpus of arena demos (the ``pretrain`` split), as the paper's encoders are pretrained
+elsewhere. Two RDD arms: ``rdd`` with the paper's keys, and ``rdd-motion`` whose keys also carry
+the endpoints' velocities, with the weight chosen per seed and encoder by leave-one-demo-out on
+the training demos (the grid includes 0, the paper's keys). Test demos come from three splits
 (standard, adversarial, ood). Non-RDD arms label their segments by the same prior retrieval,
 and every arm's plan — (label, state at the segment's last frame) per segment — is executed
 from the demo's first state; success = the demo's final state reached.
@@ -28,7 +32,7 @@ from fmlab.core.results import (
     write_record,
 )
 from fmlab.rdd import arena
-from fmlab.rdd.encoders import PixelPCA, TCNEncoder
+from fmlab.rdd.encoders import PixelPCA, StateCNN, TCNEncoder
 from fmlab.rdd.metrics import evaluate
 from fmlab.rdd.plots import plot_timeline
 from fmlab.rdd.prior import Prior
@@ -43,7 +47,8 @@ CLAIM = (
     "uniform cutting."
 )
 METRICS = ("miou", "boundary_f1", "official_iou", "k_error", "policy_success")
-ARMS = ("rdd", "uvd", "uniform", "random")
+ARMS = ("rdd", "rdd-motion", "uvd", "uniform", "random")
+HEADLINE_ARM = "rdd-motion"
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,11 @@ class ArenaConfig:
     prior_demos: int = 3  # training demos per task
     n_test: int = 5  # test demos per task and split
     splits: tuple[str, ...] = ("standard", "adversarial", "ood")
-    encoders: tuple[str, ...] = ("tcn", "pixels-pca", "state")
-    headline_encoder: str = "tcn"
+    encoders: tuple[str, ...] = ("state-cnn", "tcn", "pixels-pca", "state")
+    headline_encoder: str = "state-cnn"
+    pretrain_per_task: int = 20  # state-cnn's pretraining corpus: demos per task
+    state_cnn_steps: int = 1500
+    motion_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0)
     alpha: float = 1.0
     beta: float = 0.0
     min_len: int = 2
@@ -68,28 +76,52 @@ class ArenaConfig:
 
     @classmethod
     def quick(cls) -> ArenaConfig:
-        return cls(seeds=(0,), prior_demos=2, n_test=1, encoders=("tcn",), tcn_steps=60,
+        return cls(seeds=(0,), prior_demos=2, n_test=1, encoders=("state-cnn",), tcn_steps=60,
+                   pretrain_per_task=2, state_cnn_steps=60, motion_grid=(0.0, 5.0),
                    ablate_alpha=(), ablate_beta=(), ablate_prior=(),
                    uvd_min_interval=(5, 12), uvd_gamma=(0.08,))  # fmt: skip
 
 
-def _encode(name: str, train, seed: int, steps: int):
-    """Features of every episode (dict id -> array) under encoder ``name`` fitted on ``train``."""
+def _encode(name: str, train, seed: int, cfg: ArenaConfig):
+    """Features of an episode under encoder ``name``, fitted on ``train`` (state-cnn: on its
+    own pretraining corpus)."""
     if name == "state":
         return lambda ep: arena.state_features(ep.states)
-    enc = PixelPCA() if name == "pixels-pca" else TCNEncoder(steps=steps)
-    enc.fit([ep.frames for ep in train], seed=seed)
+    if name == "state-cnn":
+        corpus = arena.make_split(seed, "pretrain", cfg.pretrain_per_task)
+        enc = StateCNN(steps=cfg.state_cnn_steps)
+        enc.fit(
+            [ep.frames for ep in corpus], seed, [arena.state_features(ep.states) for ep in corpus]
+        )
+    else:
+        enc = PixelPCA() if name == "pixels-pca" else TCNEncoder(steps=cfg.tcn_steps)
+        enc.fit([ep.frames for ep in train], seed=seed)
     return lambda ep: enc.encode(ep.frames)
 
 
-def _prior(train, feats, mode="default") -> Prior:
+def _prior(train, feats, mode="default", motion: float = 0.0) -> Prior:
     """Every labelled interval of the training demos."""
     clips, labels = [], []
     for ep in train:
         for label, sl in ep.clips():
             clips.append(feats[id(ep)][sl])
             labels.append(label)
-    return Prior.from_clips(clips, labels, mode=mode)
+    return Prior.from_clips(clips, labels, mode=mode, motion=motion)
+
+
+def _tune_motion(train, feats, cfg: ArenaConfig) -> float:
+    """The motion weight with the best leave-one-demo-out mIoU on the training demos (each
+    held-out demo segmented against a prior of the others); ties go to the smaller weight."""
+    best, arg = -1.0, 0.0
+    for w in cfg.motion_grid:
+        scores = []
+        for i, ep in enumerate(train):
+            prior = _prior([t for j, t in enumerate(train) if j != i], feats, motion=w)
+            seg = segment(feats[id(ep)], prior, cfg.alpha, 0.0, cfg.min_len, cfg.max_len)
+            scores.append(evaluate(seg.boundaries, ep.boundaries)["miou"])
+        if np.mean(scores) > best + 1e-12:
+            best, arg = float(np.mean(scores)), float(w)
+    return arg
 
 
 def _tune_uvd(train, feats, cfg: ArenaConfig) -> dict:
@@ -116,6 +148,15 @@ def _score(ep, seg: Segmentation, prior: Prior, f, tol: int) -> dict:
     return m
 
 
+def _mean_score(eps, feats, prior: Prior, alpha, beta, uvd_p, cfg: ArenaConfig) -> dict:
+    """Every metric of RDD with ``prior``, averaged over ``eps``."""
+    kw = dict(min_len=cfg.min_len, max_len=cfg.max_len, uvd_kwargs=uvd_p)
+    return _mean([
+        _score(ep, segment(feats[id(ep)], prior, alpha, beta, **kw), prior, feats[id(ep)], cfg.tol)
+        for ep in eps
+    ])  # fmt: skip
+
+
 def _mean(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -124,16 +165,20 @@ def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
     rng = np.random.default_rng(seed)
     train = arena.make_split(seed, "train", cfg.prior_demos)
     tests = {sp: arena.make_split(seed, sp, cfg.n_test) for sp in cfg.splits}
-    out: dict = {"main": {}, "ablations": {}, "uvd_params": {}}
+    out: dict = {"main": {}, "ablations": {}, "uvd_params": {}, "motion": {}}
     for enc_name in cfg.encoders:
         t0 = time.perf_counter()
-        enc = _encode(enc_name, train, seed, cfg.tcn_steps)
+        enc = _encode(enc_name, train, seed, cfg)
         feats = {id(ep): enc(ep) for ep in [*train, *(e for sp in tests.values() for e in sp)]}
         log(f"seed {seed}: {enc_name} features in {time.perf_counter() - t0:.1f} s")
         prior = _prior(train, feats)
         prior_ood = _prior(train, feats, "ood")
         uvd_p = _tune_uvd(train, feats, cfg)
         out["uvd_params"][enc_name] = uvd_p
+        w = _tune_motion(train, feats, cfg)
+        out["motion"][enc_name] = w
+        prior_m = _prior(train, feats, motion=w)
+        log(f"seed {seed}: {enc_name} motion weight {w} (leave-one-demo-out on training demos)")
         kw = dict(min_len=cfg.min_len, max_len=cfg.max_len)
 
         for sp, eps in tests.items():
@@ -142,14 +187,16 @@ def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
                 f, k = feats[id(ep)], len(ep.boundaries)
                 segs = {
                     "rdd": segment(f, prior, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
+                    "rdd-motion": segment(f, prior_m, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
                     "rdd-ood-mode": segment(f, prior_ood, None, 0.0, **kw),
                     "uvd": uvd_segment(f, **uvd_p),
                     "uniform": uniform_segment(len(f), k),
                     "random": random_segment(len(f), k, rng),
                 }
+                priors = {"rdd-ood-mode": prior_ood, "rdd-motion": prior_m}
                 for arm, seg in segs.items():
                     rows.setdefault(arm, []).append(
-                        _score(ep, seg, prior if arm != "rdd-ood-mode" else prior_ood, f, cfg.tol)
+                        _score(ep, seg, priors.get(arm, prior), f, cfg.tol)
                     )
             out["main"].setdefault(sp, {})[enc_name] = {a: _mean(r) for a, r in rows.items()}
         if enc_name != cfg.headline_encoder:
@@ -161,6 +208,7 @@ def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
                 f"one {ep.split} demo ({ep.tags[0]}), {enc_name} features",
                 {
                     "true": Segmentation(ep.boundaries, ep.labels, method="true"),
+                    "RDD+motion": segment(f, prior_m, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
                     "RDD": segment(f, prior, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
                     "UVD": label_segments(f, prior, uvd_segment(f, **uvd_p)),
                     "uniform": label_segments(
@@ -168,47 +216,23 @@ def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
                     ),
                 },
             )
+        # ablations of the headline arm (rdd-motion, this seed's weight), one knob at a time
         ab = out["ablations"]
         eps = tests["standard"] + tests.get("adversarial", [])
+
+        ctx = (eps, feats)
         for a in cfg.ablate_alpha:
-            ab.setdefault("alpha", {})[str(a)] = _mean(
-                [
-                    _score(
-                        ep,
-                        segment(feats[id(ep)], prior, a, 0.0, **kw),
-                        prior,
-                        feats[id(ep)],
-                        cfg.tol,
-                    )
-                    for ep in eps
-                ]
-            )
+            ab.setdefault("alpha", {})[str(a)] = _mean_score(*ctx, prior_m, a, 0.0, uvd_p, cfg)
         for b in cfg.ablate_beta:
-            ab.setdefault("beta", {})[str(b)] = _mean(
-                [
-                    _score(
-                        ep,
-                        segment(feats[id(ep)], prior, cfg.alpha, b, uvd_kwargs=uvd_p, **kw),
-                        prior,
-                        feats[id(ep)],
-                        cfg.tol,
-                    )
-                    for ep in eps
-                ]
-            )
+            ab.setdefault("beta", {})[str(b)] = _mean_score(*ctx, prior_m, cfg.alpha, b, uvd_p, cfg)
+        for mw in cfg.motion_grid:
+            pm = _prior(train, feats, motion=mw)
+            ab.setdefault("motion", {})[str(mw)] = _mean_score(*ctx, pm, cfg.alpha, 0.0, uvd_p, cfg)
         for n in cfg.ablate_prior:
-            p = _prior([ep for i, ep in enumerate(train) if i % cfg.prior_demos < n], feats)
-            ab.setdefault("prior_demos", {})[str(n)] = _mean(
-                [
-                    _score(
-                        ep,
-                        segment(feats[id(ep)], p, cfg.alpha, 0.0, **kw),
-                        p,
-                        feats[id(ep)],
-                        cfg.tol,
-                    )
-                    for ep in eps
-                ]
+            p = _prior([ep for i, ep in enumerate(train) if i % cfg.prior_demos < n], feats,
+                       motion=w)  # fmt: skip
+            ab.setdefault("prior_demos", {})[str(n)] = _mean_score(
+                *ctx, p, cfg.alpha, 0.0, uvd_p, cfg
             )
             ab["prior_demos"][str(n)]["prior_size"] = float(len(p))
     return out
@@ -242,20 +266,26 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
         for name, vals in per_seed[0]["ablations"].items()
     }
     head = main["standard"][cfg.headline_encoder]
-    metrics = {k: head["rdd"][k] for k in METRICS}
+    metrics = {k: head[HEADLINE_ARM][k] for k in METRICS}
     metrics["by_split"] = main
     metrics["ablations"] = ablations
     metrics["uvd_params"] = [s["uvd_params"] for s in per_seed]
+    metrics["motion_weights"] = [s["motion"] for s in per_seed]
     metrics["peak_rss_mb"] = peak_rss_mb()
-    # per-split summary the README and docs can show: RDD minus UVD, by split and encoder
-    metrics["rdd_minus_uvd_miou"] = {
-        sp: {
-            enc: main[sp][enc]["rdd"]["miou"]["mean"] - main[sp][enc]["uvd"]["miou"]["mean"]
-            for enc in main[sp]
-        }
-        for sp in main
+    # per-split summary the README and docs can show: RDD minus each baseline, by split and encoder
+    for arm in ("rdd", HEADLINE_ARM):
+        for base in ("uvd", "uniform"):
+            metrics[f"{arm}_minus_{base}_miou"] = {
+                sp: {
+                    enc: main[sp][enc][arm]["miou"]["mean"] - main[sp][enc][base]["miou"]["mean"]
+                    for enc in main[sp]
+                }
+                for sp in main
+            }
+    baselines = {
+        ("rdd-paper-keys" if arm == "rdd" else arm): {k: head[arm][k] for k in METRICS}
+        for arm in ("rdd", "uvd", "uniform", "random")
     }
-    baselines = {arm: {k: head[arm][k] for k in METRICS} for arm in ("uvd", "uniform", "random")}
     plots = []
     for metric in ("miou", "boundary_f1"):
         name = f"arena_{metric}.png"
@@ -272,11 +302,13 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
             errs,
         )
         plots.append(name)
-    if "alpha" in ablations:
-        xs = [float(a) for a in ablations["alpha"]]
-        line_plot(out / "arena_alpha.png", xs, {m: [ablations["alpha"][str(a)][m]["mean"] for a in cfg.ablate_alpha] for m in ("miou", "boundary_f1")},
-                  "alpha (duration weight)", "score", "RDD ablation: alpha (standard + adversarial)")  # fmt: skip
-        plots.append("arena_alpha.png")
+    for knob, grid, label in (("alpha", cfg.ablate_alpha, "alpha (duration weight)"),
+                              ("motion", cfg.motion_grid, "motion weight (0 = the paper's keys)")):  # fmt: skip
+        if knob in ablations and len(grid) > 1:
+            line_plot(out / f"arena_{knob}.png", [float(a) for a in grid],
+                      {m: [ablations[knob][str(a)][m]["mean"] for a in grid] for m in ("miou", "boundary_f1")},
+                      label, "score", f"RDD ablation: {knob} (standard + adversarial, {cfg.headline_encoder})")  # fmt: skip
+            plots.append(f"arena_{knob}.png")
     title, rows = per_seed[0]["timeline"]
     plot_timeline(out / "arena_timeline.png", rows, title)
     plots.append("arena_timeline.png")
@@ -289,7 +321,7 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
         + "; ".join(
             f"{arm} {cell(main[sp][enc][arm]['miou'])} | {cell(main[sp][enc][arm]['boundary_f1'])}"
             f" | {main[sp][enc][arm]['policy_success']['mean']:.2f}"
-            for arm in ("rdd", "uvd", "uniform")
+            for arm in ("rdd", HEADLINE_ARM, "uvd", "uniform")
         )
         for sp in main
         for enc in main[sp]
@@ -303,7 +335,8 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
         plots=plots,
         headline=["miou", "boundary_f1", "policy_success"],
         notes=[
-            f"Headline row: standard split, {cfg.headline_encoder} encoder; every split and encoder is in metrics.by_split.",
+            f"Headline row: {HEADLINE_ARM} (keys with endpoint velocities, weight chosen per seed and encoder by leave-one-demo-out on the training demos; metrics.motion_weights) on the standard split with the {cfg.headline_encoder} encoder; rdd-paper-keys is the paper's keys; every split and encoder is in metrics.by_split.",
+            "state-cnn: a CNN pretrained to read the simulator state from pixels on a separate corpus (the pretrain split, standard scenes only), our stand-in for the paper's pretrained encoders; state: the true state (a ceiling).",
             "UVD's min_interval and gamma are tuned per seed and encoder on the training demos (metrics.uvd_params).",
             "official_iou is the official code's precision-style score (missed true segments cost nothing); miou is Hungarian-matched and symmetric.",
             *table,
