@@ -202,13 +202,17 @@ def bench(
         False, help="one seed, small sets (about 20 s): runs, claims nothing"
     ),
     seeds: int = typer.Option(None, help="number of seeds (default 5)"),
+    first_seed: int = typer.Option(0, help="seeds run from here (a replication on fresh seeds)"),
     scaling: bool = typer.Option(True, help="also time segmentation for N = 100 .. 10,000"),
 ) -> None:
     """The arena reproduction (RDD vs UVD vs uniform vs random) and the scaling record."""
     from fmlab.rdd.bench import ArenaConfig, run_arena, run_scaling, with_overrides
 
     cfg = ArenaConfig.quick() if quick else ArenaConfig()
-    cfg = with_overrides(cfg, seeds=tuple(range(seeds)) if seeds else None)
+    if (seeds is not None and seeds < 1) or first_seed < 0:
+        fail("--seeds must be >= 1 and --first-seed >= 0")
+    n = seeds or len(cfg.seeds)
+    cfg = with_overrides(cfg, seeds=tuple(range(first_seed, first_seed + n)))
     rec = run_arena(out, cfg)
     m, b = rec.metrics, rec.baselines
     typer.echo(

@@ -125,8 +125,9 @@ class HFCompressor(nn.Module):
         for attr in ("crop_size", "size"):
             s = getattr(ip, attr, None) or {}
             s = s if isinstance(s, dict) else getattr(s, "__dict__", {})
-            for key in ("height", "shortest_edge", "longest_edge"):
-                if s.get(key):
+            for key in ("height", "shortest_edge"):
+                # some processors (Qwen-VL) give pixel counts here, not sides: skip those
+                if s.get(key) and int(s[key]) <= 1024:
                     return int(s[key])
         return 224
 
