@@ -55,7 +55,9 @@ def test_state_cnn_learns_to_read_the_state():
     enc = StateCNN(steps=400).fit([e.frames for e in train],
                                   targets=[arena.state_features(e.states) for e in train])  # fmt: skip
     test = arena.make_split(0, "standard", 1)
-    err = np.mean([np.abs(enc.encode(e.frames) - arena.state_features(e.states)).mean() for e in test])
+    err = np.mean(
+        [np.abs(enc.encode(e.frames) - arena.state_features(e.states)).mean() for e in test]
+    )
     spread = np.mean([np.abs(arena.state_features(e.states) - 0.5).mean() for e in test])
     assert err < spread / 3, (err, spread)
 

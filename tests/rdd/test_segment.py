@@ -212,6 +212,9 @@ def test_motion_keys_tell_a_finished_movement_from_a_cut_through_it():
         clips = [f[s:e] for f, b in train for s, e in b]
         prior = Prior.from_clips(clips, ["move"] * len(clips), metric="l2", motion=w)
         scores[w] = np.mean(
-            [miou(segment(f, prior, alpha=1.0).boundaries, b) for f, b in (demo() for _ in range(8))]
+            [
+                miou(segment(f, prior, alpha=1.0).boundaries, b)
+                for f, b in (demo() for _ in range(8))
+            ]
         )
     assert scores[8.0] > scores[0.0] + 0.1, scores

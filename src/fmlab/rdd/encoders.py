@@ -195,7 +195,9 @@ def _net_from_state(st: dict, prefix: str) -> _ConvNet:
 @torch.no_grad()
 def _run(net: _ConvNet, frames: np.ndarray) -> np.ndarray:
     x = _to_tensor(check_frames(frames))
-    return torch.cat([net(x[i : i + 512]) for i in range(0, len(x), 512)]).numpy().astype(np.float64)
+    return (
+        torch.cat([net(x[i : i + 512]) for i in range(0, len(x), 512)]).numpy().astype(np.float64)
+    )
 
 
 class StateCNN(Encoder):
