@@ -97,6 +97,15 @@ def test_cli_runs_the_pipeline_on_a_real_mp4(tmp_path):
                               "--model", str(model)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["answer"] in Stack("tempo").vocab.answers
+    res = runner.invoke(app, ["tempo", "answer", str(video), "--question", "how many flashes",
+                              "--model", str(model), "--options", "1, 2,3"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["answer"] in ("1", "2", "3") and set(out["probabilities"]) == {"1", "2", "3"}
+    assert sum(out["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    res = runner.invoke(app, ["tempo", "answer", str(video), "--question", "how many flashes",
+                              "--model", str(model), "--options", "1,seven"])  # fmt: skip
+    assert res.exit_code == 2 and "['seven'] are not answers" in res.output
 
 
 def test_cli_errors(tmp_path):
@@ -143,3 +152,18 @@ def test_quick_bench_writes_a_complete_record(tmp_path):
     # a rerun resumes: nothing is trained or evaluated again
     again = quick(tmp_path)
     assert again.metrics["needle_acc@8"] == rec.metrics["needle_acc@8"]
+
+
+def test_multiple_choice_is_the_short_answer_restricted_to_the_options():
+    torch.manual_seed(0)
+    stack = Stack("tempo").eval()
+    v = make_video(6, 32)
+    q = v.questions[0].text
+    free = stack.answer(v.frames, q, 16)
+    assert sum(free["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    ranked = sorted(free["probabilities"], key=free["probabilities"].get, reverse=True)
+    mc = stack.answer(v.frames, q, 16, options=[ranked[2], ranked[1]])
+    assert mc["answer"] == ranked[1]  # the better of the two offered
+    ratio = free["probabilities"][ranked[1]] / free["probabilities"][ranked[2]]
+    assert mc["p"] / (1 - mc["p"]) == pytest.approx(ratio, rel=1e-4)
+    assert mc["tokens_used"] <= 16

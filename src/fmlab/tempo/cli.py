@@ -133,20 +133,23 @@ def answer(
     model: Path = typer.Option(None),
     fps: float = typer.Option(2.0),
     max_frames: int = typer.Option(1024),
+    options: str = typer.Option(
+        None, help="multiple choice: comma-separated options (default: short answer)"
+    ),
 ) -> None:
-    """Answer a question about a video (closed answer vocabulary of the tiny stack)."""
-    import torch
-
+    """Answer a question about a video: a short answer, or one of --options."""
+    if budget < 1:
+        fail(f"--budget must be >= 1, got {budget}")
     stack = _load(model)
     v = _frames(video, fps, max_frames, stack.cfg.frame_size)
-    with torch.no_grad():
-        blocks, info = stack.blocks(v.frames, question, budget, "tempo")
-        p = torch.softmax(stack.logits([(blocks, question)])[0], -1)
-    best = int(p.argmax())
-    typer.echo(json.dumps({
-        "answer": stack.vocab.answers[best], "p": round(float(p[best]), 4),
-        "tokens_used": int(sum(info["alloc"])), "budget": budget,
-    }))  # fmt: skip
+    opts = [o.strip() for o in options.split(",") if o.strip()] if options is not None else None
+    try:
+        out = stack.answer(v.frames, question, budget, opts)
+    except ValueError as e:
+        fail(str(e))
+    out["p"] = round(out["p"], 4)
+    out["probabilities"] = {k: round(q, 4) for k, q in out["probabilities"].items()}
+    typer.echo(json.dumps(out))
 
 
 @app.command()

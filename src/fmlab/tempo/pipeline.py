@@ -170,6 +170,38 @@ class Stack(nn.Module):
         """Answer logits for (blocks, question text) pairs."""
         return self.glob([self.glob.sequence(b, self.vocab.encode(q)) for b, q in items])
 
+    @torch.no_grad()
+    def answer(
+        self, frames: np.ndarray, question: str, budget: int, options: list[str] | None = None
+    ) -> dict:
+        """Answer ``question`` about ``frames`` under ``budget`` visual tokens (Tempo: ATA on the
+        compressor's relevance). Short answer over the whole answer vocabulary, or multiple
+        choice: the most probable of ``options``, with probabilities renormalised over them."""
+        names = self.vocab.answers
+        if options is not None:
+            bad = [o for o in options if o not in names]
+            if bad or not options:
+                raise ValueError(
+                    f"options {bad or options} are not answers this model can give; "
+                    f"choose from: {', '.join(names)}"
+                )
+        arm = "tempo" if self.kind == "tempo" else self.kind
+        arm = "uniform-alloc" if arm == "agnostic" else arm
+        blocks, info = self.blocks(frames, question, budget, arm)
+        logits = self.logits([(blocks, question)])[0]
+        idx = [names.index(o) for o in options] if options is not None else list(range(len(names)))
+        p = torch.softmax(logits[idx], -1)
+        best = int(p.argmax())
+        used = sum(len(t) for _, t in blocks)
+        return {
+            "answer": names[idx[best]],
+            "p": float(p[best]),
+            "probabilities": {names[i]: float(q) for i, q in zip(idx, p, strict=True)},
+            "tokens_used": int(used),
+            "budget": budget,
+            "allocation": info.get("alloc"),
+        }
+
     # -- save / load ----------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         """``model.safetensors`` + ``tempo.json``; an HF compressor's backbone goes to
