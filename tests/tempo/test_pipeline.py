@@ -149,6 +149,12 @@ def test_quick_bench_writes_a_complete_record(tmp_path):
         assert d["baselines"]["pool"][f"tokens_per_frame@{b}"] == pytest.approx(b / 32)
     assert 0 <= rec.metrics["router_auroc"]["mean"] <= 1
     assert (tmp_path / "budget_sweep.png").stat().st_size > 1000
+    front = d["metrics"]["front_loading"]
+    assert set(front) == {"random-prefix", "no-prefix"} and set(front["no-prefix"]) == {
+        "first",
+        "last",
+    }
+    assert (tmp_path / "front_loading.png").stat().st_size > 1000
     # a rerun resumes: nothing is trained or evaluated again
     again = quick(tmp_path)
     assert again.metrics["needle_acc@8"] == rec.metrics["needle_acc@8"]

@@ -48,6 +48,9 @@ class BenchConfig:
     depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     depth_videos: int = 20
     lengths: tuple[int, ...] = (64, 128, 256)  # accuracy vs video length at 0.5 tokens/frame
+    # front-loading: k memory tokens per segment, first k vs last k, for the tempo stack and one
+    # trained without random prefix truncation
+    front_k: tuple[int, ...] = (1, 2, 4, 8)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             stages=(("align", 600, 16), ("qa-pretrain", 200, 64), ("long-sft", 200, 128)),
@@ -66,6 +69,7 @@ class BenchConfig:
             depths=(0.5,),
             depth_videos=2,
             lengths=(32,),
+            front_k=(2,),
             train=TrainConfig(stages=(("align", 10, 16), ("long-sft", 10, 32)), batch=4),
         )
 
@@ -108,9 +112,11 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
     work.mkdir(parents=True, exist_ok=True)
     memo_path = work / "evals.json"
     # evaluations are stored per (seed, arm, budget), so adding an arm keeps the others
-    key = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k != "arms"}
+    # entries are keyed by what they measure, so adding arms or front-loading points keeps the rest
+    free = ("arms", "front_k")
+    key = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in free}
     memo = read_json(memo_path) if memo_path.is_file() else {}
-    stored = {k: v for k, v in memo.get("key", {}).items() if k != "arms"}
+    stored = {k: v for k, v in memo.get("key", {}).items() if k not in free}
     memo = {"key": key, "data": memo.get("data", {}) if stored == key else {}}
     torch.set_num_threads(2)
     test = make_split("test", cfg.test_videos, cfg.n_frames)
@@ -119,28 +125,14 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
     }
     depth: dict[str, dict[str, list[float]]] = {}
     length: dict[str, dict[str, list[float]]] = {}
+    front: dict[str, dict[str, dict[str, list[float]]]] = {}
     extra: dict = {"train_seconds": {}, "throughput": None}
     with Timer() as total:
         for seed in cfg.seeds:
             stacks = {}
             for kind in _kinds(cfg.arms):
                 path = work / f"seed{seed}" / kind
-                tcfg = replace(cfg.train, seed=seed)
-                meta = read_json(path / "tempo.json") if (path / "tempo.json").is_file() else {}
-                if meta.get("done"):
-                    stacks[kind] = Stack.load(path)
-                else:
-                    with Timer() as t:
-                        stack = train_stack(kind, path, tcfg, log=log)
-                    stack.save(
-                        path,
-                        {
-                            "train": json.loads(json.dumps(asdict(tcfg))),
-                            "done": True,
-                            "seconds": t.s,
-                        },
-                    )
-                    stacks[kind] = stack.eval()
+                stacks[kind] = _get_stack(kind, path, replace(cfg.train, seed=seed), log)
                 extra["train_seconds"].setdefault(kind, []).append(
                     read_json(path / "tempo.json").get("seconds")
                 )
@@ -187,6 +179,25 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
                             atomic_write_json(memo_path, memo)
                         target = depth if curve == "depth" else length
                         target.setdefault(arm, {}).setdefault(label, []).append(memo["data"][k])
+            if cfg.front_k and "tempo" in stacks:
+                path = work / f"seed{seed}" / "tempo-no-prefix"
+                tcfg = replace(cfg.train, seed=seed, random_prefix=False)
+                variants = {"random-prefix": stacks["tempo"],
+                            "no-prefix": _get_stack("tempo", path, tcfg, log)}  # fmt: skip
+                n_seg = -(-cfg.n_frames // stacks["tempo"].cfg.seg_len)
+                for name, stack in variants.items():
+                    for arm, side in (("uniform-alloc", "first"), ("uniform-tail", "last")):
+                        for k_tok in cfg.front_k:
+                            k = f"{seed}|front|{name}|{side}|{k_tok}"
+                            if k not in memo["data"]:
+                                r = evaluate_arm(stack, test, arm, k_tok * n_seg, seed)
+                                memo["data"][k] = r["needle_accuracy"]
+                                atomic_write_json(memo_path, memo)
+                                log(f"seed {seed} front-loading {name} {side}-{k_tok}: "
+                                    f"needle acc {r['needle_accuracy']:.3f}")  # fmt: skip
+                            front.setdefault(name, {}).setdefault(side, {}).setdefault(
+                                str(k_tok), []
+                            ).append(memo["data"][k])
             if extra["throughput"] is None:
                 extra["throughput"] = _throughput(stacks["tempo"], cfg.n_frames)
                 heat = _heatmap(out / "allocation.png", stacks["tempo"], test, cfg.budgets[-1])
@@ -219,6 +230,10 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
             "accuracy_vs_length": {
                 a: {n: mean_std(v) for n, v in dd.items()} for a, dd in length.items()
             },
+            "front_loading": {
+                v: {side: {k: mean_std(x) for k, x in ks.items()} for side, ks in sides.items()}
+                for v, sides in front.items()
+            },
             "train_seconds": extra["train_seconds"],
             **(extra["throughput"] or {}),
             "peak_rss_mb": peak_rss_mb(),
@@ -238,7 +253,11 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
         },
         metrics=metrics,
         baselines={a: summary(a) for a in cfg.arms if a != "tempo"},
-        plots=[plot.name, heat.name],
+        plots=[
+            plot.name,
+            heat.name,
+            *([_plot_front(out / "front_loading.png", front)] if front else []),
+        ],
         headline=[
             f"needle_acc@{cfg.budgets[1] if len(cfg.budgets) > 1 else cfg.budgets[0]}",
             "router_auroc",
@@ -248,6 +267,7 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
             "Budgets count visual tokens only; each segment's timestamp token is extra, as the paper's text timestamps are.",
             "A resumed run reuses trained stacks and finished evaluations: wall_s then covers only that run; train_seconds gives the training cost per stack and seed.",
             "accuracy_vs_length: 20 fresh videos per length, budget 0.5 tokens/frame; accuracy_vs_depth: 20 one-needle videos per depth at depth_budget.",
+            "front_loading: needle accuracy with k memory tokens per segment (uniform allocation), the first k (head) or the last k (tail), for the tempo stack (trained with random prefix truncation) and a tempo stack trained without it.",
         ],
     )
     rec.wall_s = total.s
@@ -289,6 +309,35 @@ def _plot(path: Path, cfg: BenchConfig, results) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, plt, path)
+
+
+def _get_stack(kind: str, path: Path, tcfg: TrainConfig, log) -> Stack:
+    """The trained stack at ``path``, training (resumably) first if it is not done."""
+    meta = read_json(path / "tempo.json") if (path / "tempo.json").is_file() else {}
+    if meta.get("done"):
+        return Stack.load(path)
+    with Timer() as t:
+        stack = train_stack(kind, path, tcfg, log=log)
+    stack.save(path, {"train": json.loads(json.dumps(asdict(tcfg))), "done": True, "seconds": t.s})
+    return stack.eval()
+
+
+def _plot_front(path: Path, front: dict) -> str:
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for variant, sides in front.items():
+        for side, ks in sides.items():
+            xs = [int(k) for k in ks]
+            ax.errorbar(xs, [np.mean(v) for v in ks.values()], yerr=[np.std(v) for v in ks.values()],
+                        marker="o", capsize=3, ls="-" if side == "first" else "--",
+                        label=f"{variant}, {side} k")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("memory tokens kept per segment (k of 16)")
+    ax.set_ylabel("needle-question accuracy")
+    ax.set_title("front-loading: first k vs last k memory tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, plt, path).name
 
 
 def quick(out_dir: str | Path) -> ResultRecord:

@@ -11,6 +11,7 @@ Arms (what reaches the global model under a budget of B visual tokens):
 - ``oracle``: ATA on the true needle relevance;
 - ``m0``: ATA with minimum 0 (segments can be dropped: no temporal anchors);
 - ``tail``: ATA with tail truncation;
+- ``uniform-tail``: uniform allocation, tail truncation (the last k memory tokens: front-loading);
 - ``frames``: ⌊B/P⌋ uniformly sampled frames of P patch tokens each;
 - ``pool``: all frames' patch tokens average-pooled, in time-major order, into B tokens.
 """
@@ -133,14 +134,14 @@ class Stack(nn.Module):
         probe = self.compressor.probe(mem[:, 0])
         if prefix is not None:  # training: random prefix truncation
             alloc = prefix.tolist()
-        elif arm in ("uniform-alloc", "agnostic"):
+        elif arm in ("uniform-alloc", "agnostic", "uniform-tail"):
             alloc = [min(m, budget // n)] * n
         else:
             s = {"random-ata": rng.random(n), "oracle": truth}.get(arm, scores)
             if s is None:
                 raise ValueError("the oracle arm needs the true segment relevance")
             alloc = allocate(s, budget, 0 if arm == "m0" else 4, m)
-        strategy = "tail" if arm == "tail" else "head"
+        strategy = "tail" if arm in ("tail", "uniform-tail") else "head"
         seg = self.cfg.seg_len
         blocks = [
             ((i * seg + min(seg, t - i * seg) / 2) / t, truncate(mem[i], a, strategy, rng))
