@@ -268,6 +268,15 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
             "A resumed run reuses trained stacks and finished evaluations: wall_s then covers only that run; train_seconds gives the training cost per stack and seed.",
             "accuracy_vs_length: 20 fresh videos per length, budget 0.5 tokens/frame; accuracy_vs_depth: 20 one-needle videos per depth at depth_budget.",
             "front_loading: needle accuracy with k memory tokens per segment (uniform allocation), the first k (head) or the last k (tail), for the tempo stack (trained with random prefix truncation) and a tempo stack trained without it.",
+            *(
+                f"front-loading, {v} training, {side} k: "
+                + "; ".join(
+                    f"k={k} {mean_std(x)['mean']:.3f} ± {mean_std(x)['std']:.3f}"
+                    for k, x in ks.items()
+                )
+                for v, sides in front.items()
+                for side, ks in sides.items()
+            ),
         ],
     )
     rec.wall_s = total.s
