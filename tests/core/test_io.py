@@ -107,3 +107,28 @@ def test_read_json_errors_name_the_file(tmp_path):
     good.write_text(json.dumps({"a": 1}))
     assert read_json(good) == {"a": 1}
     assert len(sha256_file(good)) == 64
+
+
+def test_memo_resumes_only_under_the_same_settings(tmp_path):
+    from fmlab.core.io import Memo
+
+    path = tmp_path / "memo.json"
+    calls = []
+
+    def work(x):
+        calls.append(x)
+        return {"x": x, "pair": (x, x)}
+
+    m = Memo(path, {"lr": 0.1, "grid": (1, 2)})
+    assert m.get_or_compute("a", lambda: work(1)) == {"x": 1, "pair": [1, 1]}  # stored as JSON
+    assert m.get_or_compute("a", lambda: work(2))["x"] == 1 and calls == [1]
+    logs = []
+    again = Memo(path, {"lr": 0.1, "grid": [1, 2]}, log=logs.append)  # tuples equal lists
+    assert again.resumed == 1 and "a" in again and again.get("a")["x"] == 1
+    assert "resuming: 1 finished entries" in logs[0]
+    other = Memo(path, {"lr": 0.2, "grid": (1, 2)})  # other settings: start afresh
+    assert other.resumed == 0 and other.get("a") is None
+    other.put("b", 3)
+    assert Memo(path, {"lr": 0.1, "grid": (1, 2)}).resumed == 0  # overwritten by the new run
+    path.write_text("{broken")
+    assert Memo(path, None).resumed == 0  # an unreadable file is ignored, then overwritten

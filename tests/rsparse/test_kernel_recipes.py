@@ -169,7 +169,8 @@ def test_save_and_load_a_sparsified_model(tmp_path, bpe_tokenizer):
 def test_bench_memo_resumes_with_the_same_settings_only(tmp_path):
     from dataclasses import asdict
 
-    from fmlab.rsparse.bench import QualityConfig, _Memo
+    from fmlab.core.io import Memo as _Memo
+    from fmlab.rsparse.bench import QualityConfig
 
     cfg = QualityConfig()  # holds tuples, which JSON stores as lists
     m = _Memo(tmp_path / "memo.json", asdict(cfg))

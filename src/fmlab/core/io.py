@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "Memo",
     "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
@@ -112,6 +113,44 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}); regenerate or fix the file") from e
+
+
+class Memo:
+    """Finished results of a long job in one JSON file, rewritten atomically after every entry,
+    so an interrupted job resumes where it stopped.
+
+    ``key`` describes the settings the results belong to; a file written under other settings
+    (or unreadable) is ignored and will be overwritten. Values are stored as JSON (tuples come
+    back as lists)."""
+
+    def __init__(self, path: str | os.PathLike, key: Any = None, log=None):
+        self.path, self.key = Path(path), json.loads(json.dumps(key, default=_json_default))
+        self.data: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                d = read_json(self.path)
+            except ValueError:
+                d = None
+            if isinstance(d, dict) and "data" in d and d.get("key") == self.key:
+                self.data = d["data"]
+        self.resumed = len(self.data)
+        if self.resumed and log is not None:
+            log(f"resuming: {self.resumed} finished entries in {self.path}")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.data
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
+    def put(self, name: str, value: Any) -> Any:
+        self.data[name] = json.loads(json.dumps(value, default=_json_default))
+        atomic_write_json(self.path, {"key": self.key, "data": self.data})
+        return self.data[name]
+
+    def get_or_compute(self, name: str, fn) -> Any:
+        """The stored value of ``name``, computing (and storing) it with ``fn()`` first if new."""
+        return self.data[name] if name in self.data else self.put(name, fn())
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from fmlab.core.io import atomic_write_json, read_json
+from fmlab.core.io import Memo, atomic_write_json, read_json
 from fmlab.core.results import ResultRecord, Timer, mean_std, peak_rss_mb, write_record
 from fmlab.core.train import TrainConfig
 from fmlab.dtrpo.data import PairSet, heldout_items, make_pairs, train_items
@@ -125,20 +125,6 @@ def _digest(obj) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
-
-
-class _Memo:
-    """Finished stage results in one JSON file, written atomically after each stage."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = read_json(path) if path.is_file() else {}
-
-    def get(self, key: str, fn: Callable[[], dict]) -> dict:
-        if key not in self.data:
-            self.data[key] = json.loads(json.dumps(fn()))
-            atomic_write_json(self.path, self.data)
-        return self.data[key]
 
 
 _ARM_FIELDS = ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr", "n_train", "n_test", "n_curve",
@@ -309,25 +295,25 @@ def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = print) -
     t0 = time.perf_counter()
     ref = reference(cfg, work, log)
     test = heldout_items(cfg.n_test)
-    memo = _Memo(work / f"memo-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
-    base = memo.get("reference", lambda: _eval_both(ref, test, cfg))
+    memo = Memo(work / f"memo-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
+    base = memo.get_or_compute("reference", lambda: _eval_both(ref, test, cfg))
     runs: dict[str, list[dict]] = {}
     pairs0 = None
     for seed in cfg.seeds:
         pairs = _pairs(cfg, ref, seed, work, log)
         pairs0 = pairs0 or pairs
         for arm in cfg.arms:
-            r = memo.get(f"{arm}:{seed}:{cfg.beta}",
+            r = memo.get_or_compute(f"{arm}:{seed}:{cfg.beta}",
                          lambda a=arm, s=seed, p=pairs: _run_arm(cfg, ref, p, a, s, cfg.beta, test, work, log))  # fmt: skip
             runs.setdefault(arm, []).append(r)
     sweep = {}
     for beta in cfg.betas:
-        sweep[beta] = memo.get(f"dtrpo:{cfg.seeds[0]}:{beta}",
+        sweep[beta] = memo.get_or_compute(f"dtrpo:{cfg.seeds[0]}:{beta}",
                                lambda b=beta: _run_arm(cfg, ref, pairs0, "dtrpo", cfg.seeds[0], b, test, work, log))  # fmt: skip
     sweep[cfg.beta] = runs["dtrpo"][0] if "dtrpo" in runs else None
     est_key = (f"estimators-v2:{cfg.n_est_traj}:{cfg.est_draws}:{list(cfg.est_steps)}:"
                f"{cfg.est_lr}:{cfg.est_beta}")  # fmt: skip
-    est = memo.get(est_key, lambda: _estimators(cfg, ref, pairs0, work, log))
+    est = memo.get_or_compute(est_key, lambda: _estimators(cfg, ref, pairs0, work, log))
     wall = time.perf_counter() - t0
     ref_meta = read_json(_ref_dir(cfg, work) / "pretrain.json")
     paths = [
@@ -557,8 +543,8 @@ def run_sweep(
     ref = reference(cfg, work, log)
     pairs = _pairs(cfg, ref, cfg.seeds[0], work, log)
     val = make_items(50, seed=555, exclude={it.prompt for it in heldout_items(200)})
-    memo = _Memo(work / f"sweep-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
-    base = memo.get("reference", lambda: {"accuracy": evaluate(ref, val)["accuracy"]})
+    memo = Memo(work / f"sweep-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
+    base = memo.get_or_compute("reference", lambda: {"accuracy": evaluate(ref, val)["accuracy"]})
     rows = {}
     for lr, beta in grid:
 
@@ -578,7 +564,7 @@ def run_sweep(
             return {"lr": lr, "beta": beta, "val_accuracy": accs[-1], "curve": accs,
                     "kl_to_ref": kl_to_ref(pol, ref, val[:60])}  # fmt: skip
 
-        rows[f"lr={lr},beta={beta}"] = memo.get(f"{lr}:{beta}", one)
+        rows[f"lr={lr},beta={beta}"] = memo.get_or_compute(f"{lr}:{beta}", one)
     best = max(rows, key=lambda k: rows[k]["val_accuracy"])
     rec = ResultRecord(
         method="dtrpo",

@@ -17,7 +17,6 @@ Long runs print progress and resume: finished evaluations and searched recipes a
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fmlab.core.io import atomic_write_json, read_json
+from fmlab.core.io import Memo
 from fmlab.core.results import (
     ResultRecord,
     Timer,
@@ -114,31 +113,6 @@ def splits(tok, cfg: QualityConfig) -> dict[str, torch.Tensor]:
     }
 
 
-class _Memo:
-    """Finished evaluations of this run's settings, kept on disk so a rerun resumes."""
-
-    def __init__(self, path: Path, key: dict):
-        self.path, self.key = path, json.loads(json.dumps(key))  # tuples as JSON lists
-        self.data: dict = {}
-        self.resumed = 0
-        if path.is_file():
-            try:
-                d = read_json(path)
-                if d.get("key") == self.key:
-                    self.data = d["data"]
-                    self.resumed = len(self.data)
-                    _log(f"resuming: {len(self.data)} finished entries in {path}")
-            except ValueError:
-                pass
-
-    def get(self, name: str):
-        return self.data.get(name)
-
-    def put(self, name: str, value) -> None:
-        self.data[name] = value
-        atomic_write_json(self.path, {"key": self.key, "data": self.data})
-
-
 def _ppl(model, ids, cfg) -> float:
     from fmlab.core.evaluate import perplexity
 
@@ -161,7 +135,7 @@ def run_quality(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    memo = _Memo(out / ".rsparse-bench.partial.json", asdict(cfg))
+    memo = Memo(out / ".rsparse-bench.partial.json", asdict(cfg), log=log)
     torch.manual_seed(cfg.seed)
     with Timer() as total:
         model, tok = load_pretrained(cfg.model, device="cpu")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmlab.core.io import atomic_write_json, read_json
+from fmlab.core.io import Memo, read_json
 from fmlab.core.results import (
     ResultRecord,
     Timer,
@@ -110,14 +110,9 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
     out = Path(out_dir)
     work = out / ".tempo-work"
     work.mkdir(parents=True, exist_ok=True)
-    memo_path = work / "evals.json"
-    # evaluations are stored per (seed, arm, budget), so adding an arm keeps the others
     # entries are keyed by what they measure, so adding arms or front-loading points keeps the rest
     free = ("arms", "front_k")
-    key = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in free}
-    memo = read_json(memo_path) if memo_path.is_file() else {}
-    stored = {k: v for k, v in memo.get("key", {}).items() if k not in free}
-    memo = {"key": key, "data": memo.get("data", {}) if stored == key else {}}
+    memo = Memo(work / "evals.json", {k: v for k, v in asdict(cfg).items() if k not in free})
     torch.set_num_threads(2)
     test = make_split("test", cfg.test_videos, cfg.n_frames)
     results: dict[str, dict[str, list[dict]]] = {
@@ -139,14 +134,12 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
             for arm in cfg.arms:
                 for b in cfg.budgets:
                     k = f"{seed}|{arm}|{b}"
-                    if k not in memo["data"]:
-                        memo["data"][k] = evaluate_arm(stacks[_stack_for(arm)], test, arm, b, seed)
-                        atomic_write_json(memo_path, memo)
-                        r = memo["data"][k]
+                    if k not in memo:
+                        r = memo.put(k, evaluate_arm(stacks[_stack_for(arm)], test, arm, b, seed))
                         log(
                             f"seed {seed} {arm} B={b}: needle acc {r['needle_accuracy']:.3f}, overall {r['overall']:.3f}, tokens/frame {r['tokens_per_frame']:.3f}"
                         )
-                    results[arm][str(b)].append(memo["data"][k])
+                    results[arm][str(b)].append(memo.get(k))
             # needle accuracy vs depth (one needle, depth_budget) and vs video length (0.5/frame)
             curves = {
                 "depth": [
@@ -168,17 +161,15 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
                 for curve, points in curves.items():
                     for label, x, base, n_frames, kw, budget in points:
                         k = f"{seed}|{curve}|{arm}|{x}"
-                        if k not in memo["data"]:
+                        if k not in memo:
                             vids = [
                                 make_video(base + 1000 * seed + i, n_frames, **kw)
                                 for i in range(cfg.depth_videos)
                             ]
-                            memo["data"][k] = evaluate_arm(
-                                stacks[_stack_for(arm)], vids, arm, budget, seed
-                            )["needle_accuracy"]
-                            atomic_write_json(memo_path, memo)
+                            r = evaluate_arm(stacks[_stack_for(arm)], vids, arm, budget, seed)
+                            memo.put(k, r["needle_accuracy"])
                         target = depth if curve == "depth" else length
-                        target.setdefault(arm, {}).setdefault(label, []).append(memo["data"][k])
+                        target.setdefault(arm, {}).setdefault(label, []).append(memo.get(k))
             if cfg.front_k and "tempo" in stacks:
                 path = work / f"seed{seed}" / "tempo-no-prefix"
                 tcfg = replace(cfg.train, seed=seed, random_prefix=False)
@@ -189,15 +180,14 @@ def run(out_dir: str | Path, cfg: BenchConfig = BenchConfig(), log=_log) -> Resu
                     for arm, side in (("uniform-alloc", "first"), ("uniform-tail", "last")):
                         for k_tok in cfg.front_k:
                             k = f"{seed}|front|{name}|{side}|{k_tok}"
-                            if k not in memo["data"]:
+                            if k not in memo:
                                 r = evaluate_arm(stack, test, arm, k_tok * n_seg, seed)
-                                memo["data"][k] = r["needle_accuracy"]
-                                atomic_write_json(memo_path, memo)
+                                memo.put(k, r["needle_accuracy"])
                                 log(f"seed {seed} front-loading {name} {side}-{k_tok}: "
                                     f"needle acc {r['needle_accuracy']:.3f}")  # fmt: skip
                             front.setdefault(name, {}).setdefault(side, {}).setdefault(
                                 str(k_tok), []
-                            ).append(memo["data"][k])
+                            ).append(memo.get(k))
             if extra["throughput"] is None:
                 extra["throughput"] = _throughput(stacks["tempo"], cfg.n_frames)
                 heat = _heatmap(out / "allocation.png", stacks["tempo"], test, cfg.budgets[-1])
