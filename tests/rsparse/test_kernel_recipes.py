@@ -169,15 +169,15 @@ def test_save_and_load_a_sparsified_model(tmp_path, bpe_tokenizer):
 def test_bench_memo_resumes_with_the_same_settings_only(tmp_path):
     from dataclasses import asdict
 
-    from fmlab.core.io import Memo as _Memo
+    from fmlab.core.io import Memo
     from fmlab.rsparse.bench import QualityConfig
 
     cfg = QualityConfig()  # holds tuples, which JSON stores as lists
-    m = _Memo(tmp_path / "memo.json", asdict(cfg))
+    m = Memo(tmp_path / "memo.json", asdict(cfg))
     m.put("teal|0.5|all", 29.0)
-    again = _Memo(tmp_path / "memo.json", asdict(cfg))
+    again = Memo(tmp_path / "memo.json", asdict(cfg))
     assert again.resumed == 1 and again.get("teal|0.5|all") == 29.0
-    other = _Memo(tmp_path / "memo.json", asdict(QualityConfig(seed=1)))
+    other = Memo(tmp_path / "memo.json", asdict(QualityConfig(seed=1)))
     assert other.resumed == 0 and other.get("teal|0.5|all") is None
 
 
