@@ -1,6 +1,6 @@
-"""Tempo's compressor on a real HF vision-language class: a tiny random LLaVA (CLIP vision tower +
-Llama LM) with a real processor and chat template, built in-process and saved like a user's
-local checkpoint (nothing is downloaded)."""
+"""Tempo's compressor on real HF vision-language classes: tiny random LLaVA and Idefics3 (the
+SmolVLM architecture) models with their real processors and a chat template, built in-process
+and saved like a user's local checkpoint (nothing is downloaded)."""
 
 import json
 
@@ -16,119 +16,102 @@ from fmlab.tempo.synth import make_video
 
 runner = CliRunner()
 
-WORDS = [
-    "<pad>",
-    "<unk>",
-    "<image>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "system",
-    "user",
-    "assistant",
-    "Yes",
-    "No",
-    "Query:",
-    "Is",
-    "this",
-    "segment",
-    "relevant",
-    "to",
-    "the",
-    "query?",
-    "Answer",
-    "or",
-    "what",
-    "colour",
-    "is",
-    "square",
-    "how",
-    "many",
-    "flashes",
-    "You",
-    "compress",
-    "a",
-    "video",
-    "segment.",
-    "Store",
-    "in",
-    "memory",
-    "tokens",
-    "that",
-    "follow",
-    "minimal",
-    "information",
-    "needed",
-    "answer",
-    "query.",
-]
+_TEXT = (
+    "<pad> <unk> <image> <|im_start|> <|im_end|> system user assistant Yes No Query: Is this "
+    "segment relevant to the query? Answer or what colour is square how many flashes You "
+    "compress a video segment. Store in memory tokens that follow minimal information needed "
+    "answer query. <fake_token_around_image> <global-img> <end_of_utterance>"
+)
+WORDS = _TEXT.split() + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 TEMPLATE = (
     "{% for m in messages %}<|im_start|> {{ m['role'] }} "
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }} "
     "{% endif %}{% endfor %}<|im_end|> {% endfor %}"
     "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
 )
+SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2)
 
 
-def tiny_llava(path, chat_template=True):
+def _tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(dict.fromkeys(WORDS))}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
     )  # fmt: skip
-    proc = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
-        ),
-        tokenizer=tok,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=TEMPLATE if chat_template else None,
-    )
+
+
+def tiny_vlm(path, family="llava", chat_template=True):
+    """A tiny random VLM of a real HF class with its real processor, saved to ``path``:
+    LLaVA (CLIP vision tower + Llama) or Idefics3 (SigLIP-style tower, pixel shuffle, Llama)."""
+    import transformers as tf
+
+    tok = _tokenizer()
+    template = TEMPLATE if chat_template else None
+    text = dict(vocab_size=len(tok), num_hidden_layers=2, num_key_value_heads=2, **SMALL)
+    vision = dict(num_hidden_layers=1, patch_size=8, **SMALL)
     torch.manual_seed(0)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            image_size=16, patch_size=8, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=1, num_attention_heads=2,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2,
-        ),
-        image_token_id=vocab["<image>"],
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )  # fmt: skip
-    LlavaForConditionalGeneration(cfg).save_pretrained(path)
+    if family == "llava":
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        size = 16
+        proc = tf.LlavaProcessor(
+            image_processor=CLIPImageProcessorPil(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+            ),
+            tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+            num_additional_image_tokens=1, chat_template=template,
+        )  # fmt: skip
+        cfg = tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(image_size=size, **vision),
+            text_config=tf.LlamaConfig(**text), image_token_id=tok.convert_tokens_to_ids("<image>"),
+            vision_feature_select_strategy="default", vision_feature_layer=-1,
+        )  # fmt: skip
+        model = tf.LlavaForConditionalGeneration(cfg)
+    else:
+        from transformers.models.idefics3.image_processing_pil_idefics3 import (
+            Idefics3ImageProcessorPil,
+        )
+
+        size = 32  # (32 / 8)^2 patches, pixel-shuffled by 2: 4 image tokens per frame
+        proc = tf.Idefics3Processor(
+            image_processor=Idefics3ImageProcessorPil(
+                do_image_splitting=False, size={"longest_edge": size},
+                max_image_size={"longest_edge": size},
+            ),
+            tokenizer=tok, image_seq_len=4, chat_template=template,
+        )  # fmt: skip
+        cfg = tf.Idefics3Config(
+            vision_config=dict(image_size=size, **vision),
+            text_config=dict(model_type="llama", **text), scale_factor=2,
+            image_token_id=tok.convert_tokens_to_ids("<image>"),
+        )  # fmt: skip
+        model = tf.Idefics3ForConditionalGeneration(cfg)
+    model.save_pretrained(path)
     proc.save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
-    return tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava")
+    return tiny_vlm(tmp_path_factory.mktemp("llava") / "tiny-llava")
 
 
 def _segments(n_frames=24, seed=0):
     return segments_of(make_video(seed, n_frames).frames, 8)
 
 
-@pytest.mark.parametrize("chat_template", [True, False])
-def test_relevance_is_the_yes_no_logit_gap_at_the_last_prompt_position(tmp_path, chat_template):
-    c = HFCompressor.from_pretrained(tiny_llava(tmp_path / "m", chat_template), mem_tokens=4)
+@pytest.mark.parametrize(
+    "family,chat_template", [("llava", True), ("llava", False), ("idefics3", True)]
+)
+def test_relevance_is_the_yes_no_logit_gap_at_the_last_prompt_position(
+    tmp_path, family, chat_template
+):
+    c = HFCompressor.from_pretrained(tiny_vlm(tmp_path / "m", family, chat_template), mem_tokens=4)
     seg = _segments()
     with torch.no_grad():
         mem, rel = c(seg, "what colour is the square")
@@ -146,8 +129,10 @@ def test_relevance_is_the_yes_no_logit_gap_at_the_last_prompt_position(tmp_path,
     torch.testing.assert_close(sigma, p, atol=1e-5, rtol=1e-5)  # P(Yes) / (P(Yes) + P(No))
 
 
-def test_one_batched_forward_equals_one_segment_at_a_time(llava_dir):
-    c = HFCompressor.from_pretrained(llava_dir, mem_tokens=4)
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_one_batched_forward_equals_one_segment_at_a_time(llava_dir, tmp_path, family):
+    path = llava_dir if family == "llava" else tiny_vlm(tmp_path / "m", family)
+    c = HFCompressor.from_pretrained(path, mem_tokens=4)
     seg = _segments(32)
     with torch.no_grad():
         mem, rel = c(seg, "how many flashes")

@@ -17,9 +17,10 @@ Each segment is one prompt of the model's own processor and chat template:
   w the rows of the model's LM head for "Yes" and "No": P(Yes) / (P(Yes) + P(No)), zero-shot
   and with no extra pass.
 
-Tested on a tiny random ``LlavaForConditionalGeneration`` (a CLIP vision tower and a Llama LM)
-built in-process; any ``AutoModelForImageTextToText`` checkpoint whose processor takes a list of
-images per prompt goes through the same code.
+Tested on tiny random ``LlavaForConditionalGeneration`` and ``Idefics3ForConditionalGeneration``
+(the SmolVLM architecture) models built in-process; any ``AutoModelForImageTextToText``
+checkpoint whose processor takes images and a prompt with image tokens goes through the same
+code.
 """
 
 from __future__ import annotations
