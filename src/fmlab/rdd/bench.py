@@ -198,6 +198,11 @@ def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
                     rows.setdefault(arm, []).append(
                         _score(ep, seg, priors.get(arm, prior), f, cfg.tol)
                     )
+                    if enc_name == cfg.headline_encoder and arm in ("rdd-motion", "uvd", "uniform"):
+                        by_task = out.setdefault("by_task", {}).setdefault(sp, {})
+                        by_task.setdefault(ep.tags[0], {}).setdefault(arm, []).append(
+                            rows[arm][-1]["miou"]
+                        )
             out["main"].setdefault(sp, {})[enc_name] = {a: _mean(r) for a, r in rows.items()}
         if enc_name != cfg.headline_encoder:
             continue
@@ -271,6 +276,17 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
     metrics["ablations"] = ablations
     metrics["uvd_params"] = [s["uvd_params"] for s in per_seed]
     metrics["motion_weights"] = [s["motion"] for s in per_seed]
+    # mIoU per task (headline encoder): where RDD wins and loses within a split
+    metrics["miou_by_task"] = {
+        sp: {
+            task: {
+                arm: mean_std([float(np.mean(s["by_task"][sp][task][arm])) for s in per_seed])
+                for arm in arms
+            }
+            for task, arms in tasks.items()
+        }
+        for sp, tasks in per_seed[0].get("by_task", {}).items()
+    }
     metrics["peak_rss_mb"] = peak_rss_mb()
     # per-split summary the README and docs can show: RDD minus each baseline, by split and encoder
     for arm in ("rdd", HEADLINE_ARM):
@@ -325,6 +341,13 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
         )
         for sp in main
         for enc in main[sp]
+    ] + [
+        f"{sp} split, {cfg.headline_encoder}, mIoU per task (rdd-motion | uvd | uniform): "
+        + "; ".join(
+            f"{task} {v['rdd-motion']['mean']:.2f} | {v['uvd']['mean']:.2f} | {v['uniform']['mean']:.2f}"
+            for task, v in tasks.items()
+        )
+        for sp, tasks in metrics["miou_by_task"].items()
     ]
     rec = ResultRecord(
         method="rdd",
