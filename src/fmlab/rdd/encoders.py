@@ -120,10 +120,52 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0 - 0.5
 
 
-class TCNEncoder(Encoder):
+def _net_from_state(st: dict, prefix: str) -> _ConvNet:
+    sd = {k[len(prefix) :]: torch.from_numpy(np.asarray(v)) for k, v in st.items()
+          if k.startswith(prefix)}  # fmt: skip
+    head = next(v for v in sd.values() if v.ndim == 2)  # the one Linear layer
+    net = _ConvNet(head.shape[0])
+    net.net[-1] = nn.Linear(head.shape[1], head.shape[0])
+    net.load_state_dict(sd)
+    return net.eval()
+
+
+@torch.no_grad()
+def _run(net: _ConvNet, frames: np.ndarray) -> np.ndarray:
+    x = _to_tensor(check_frames(frames))
+    return (
+        torch.cat([net(x[i : i + 512]) for i in range(0, len(x), 512)]).numpy().astype(np.float64)
+    )
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Brightness and pixel-noise augmentation, so a learned encoder does not key on lighting."""
+    scale = 1 + 0.15 * (torch.rand(len(x), 1, 1, 1, generator=g) - 0.5)
+    return (x + 0.5) * scale - 0.5 + 0.02 * torch.randn(x.shape, generator=g)
+
+
+class _CNNEncoder(Encoder):
+    """A learned ``_ConvNet`` encoder: features are the net's output; its weights are stored as
+    arrays under ``prefix`` (``state()``)."""
+
+    prefix = ""
+    fit_hint = "fit(training demos)"
+    net: _ConvNet | None = None
+
+    def encode(self, frames):
+        if self.net is None:
+            raise RDDError(f"{type(self).__name__} is not trained: call {self.fit_hint} first")
+        return _run(self.net, frames)
+
+    def state(self):
+        return {f"{self.prefix}{k}": v.numpy() for k, v in self.net.state_dict().items()}
+
+
+class TCNEncoder(_CNNEncoder):
     """Time-contrastive CNN encoder trained on the policy's training demos (no labels)."""
 
     name = "tcn"
+    prefix = "tcn."
 
     def __init__(
         self, dim: int = 32, steps: int = 300, batch: int = 96, window: int = 2, lr: float = 2e-3
@@ -147,7 +189,7 @@ class TCNEncoder(Encoder):
             t2 = torch.minimum(t2, lens[di] - 1)
             a = torch.stack([frames[d][i] for d, i in zip(di.tolist(), t.tolist(), strict=True)])
             b = torch.stack([frames[d][i] for d, i in zip(di.tolist(), t2.tolist(), strict=True)])
-            za, zb = (nn.functional.normalize(self.net(self._augment(x, g)), dim=1) for x in (a, b))
+            za, zb = (nn.functional.normalize(self.net(_augment(x, g)), dim=1) for x in (a, b))
             logits = za @ zb.T / 0.1
             # frames of the same demo within the window are not negatives
             same = (di[:, None] == di[None, :]) & ((t[:, None] - t2[None, :]).abs() <= self.window)
@@ -161,50 +203,21 @@ class TCNEncoder(Encoder):
         self.net.eval()
         return self
 
-    @staticmethod
-    def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        scale = 1 + 0.15 * (torch.rand(len(x), 1, 1, 1, generator=g) - 0.5)
-        return (x + 0.5) * scale - 0.5 + 0.02 * torch.randn(x.shape, generator=g)
-
-    def encode(self, frames):
-        if self.net is None:
-            raise RDDError("TCNEncoder is not trained: call fit(training demos) first")
-        return _run(self.net, frames)
-
-    def state(self):
-        return {f"tcn.{k}": v.numpy() for k, v in self.net.state_dict().items()}
-
     @classmethod
     def from_state(cls, st: dict) -> TCNEncoder:
-        net = _net_from_state(st, "tcn.")
+        net = _net_from_state(st, cls.prefix)
         e = cls(dim=net.net[-1].out_features)
         e.net = net
         return e
 
 
-def _net_from_state(st: dict, prefix: str) -> _ConvNet:
-    sd = {k[len(prefix) :]: torch.from_numpy(np.asarray(v)) for k, v in st.items()
-          if k.startswith(prefix)}  # fmt: skip
-    head = next(v for v in sd.values() if v.ndim == 2)  # the one Linear layer
-    net = _ConvNet(head.shape[0])
-    net.net[-1] = nn.Linear(head.shape[1], head.shape[0])
-    net.load_state_dict(sd)
-    return net.eval()
-
-
-@torch.no_grad()
-def _run(net: _ConvNet, frames: np.ndarray) -> np.ndarray:
-    x = _to_tensor(check_frames(frames))
-    return (
-        torch.cat([net(x[i : i + 512]) for i in range(0, len(x), 512)]).numpy().astype(np.float64)
-    )
-
-
-class StateCNN(Encoder):
+class StateCNN(_CNNEncoder):
     """A CNN trained to regress per-frame state targets from pixels (MSE, with brightness and
     noise augmentation); features = the estimated state."""
 
     name = "state-cnn"
+    prefix = "scnn."
+    fit_hint = "fit(demos, targets=states)"
 
     def __init__(self, steps: int = 1500, batch: int = 128, lr: float = 2e-3):
         self.steps, self.batch, self.lr = steps, batch, lr
@@ -229,7 +242,7 @@ class StateCNN(Encoder):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
         for step in range(self.steps):
             i = torch.randint(len(x), (self.batch,), generator=g)
-            loss = nn.functional.mse_loss(self.net(TCNEncoder._augment(x[i], g)), y[i])
+            loss = nn.functional.mse_loss(self.net(_augment(x[i], g)), y[i])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -239,18 +252,10 @@ class StateCNN(Encoder):
         self.net.eval()
         return self
 
-    def encode(self, frames):
-        if self.net is None:
-            raise RDDError("StateCNN is not trained: call fit(demos, targets=states) first")
-        return _run(self.net, frames)
-
-    def state(self):
-        return {f"scnn.{k}": v.numpy() for k, v in self.net.state_dict().items()}
-
     @classmethod
     def from_state(cls, st: dict) -> StateCNN:
         e = cls()
-        e.net = _net_from_state(st, "scnn.")
+        e.net = _net_from_state(st, cls.prefix)
         return e
 
 

@@ -186,8 +186,7 @@ class Stack(nn.Module):
                     f"options {bad or options} are not answers this model can give; "
                     f"choose from: {', '.join(names)}"
                 )
-        arm = "tempo" if self.kind == "tempo" else self.kind
-        arm = "uniform-alloc" if arm == "agnostic" else arm
+        arm = {"agnostic": "uniform-alloc"}.get(self.kind, self.kind)
         blocks, info = self.blocks(frames, question, budget, arm)
         logits = self.logits([(blocks, question)])[0]
         idx = [names.index(o) for o in options] if options is not None else list(range(len(names)))
