@@ -6,7 +6,18 @@ progress bar. The same code runs as one process or under ``torchrun`` (DDP; gloo
 
 Exact resume rests on one design choice: a batch is a pure function of (seed, step,
 micro-step, rank), so nothing about the data stream has to be saved, and a resumed run sees
-exactly the batches the uninterrupted run would have seen.
+exactly the batches the uninterrupted run would have seen. The checkpoint holds the rest: the
+weights, the optimizer, every process's RNG states (torch, CUDA, numpy, ``random``) and the
+loss window of the next log row.
+
+Surviving a kill: a checkpoint is written atomically every ``ckpt_every_s`` seconds (default
+120; rank 0's clock, agreed by all ranks) and every ``ckpt_every`` steps, so ``kill -9`` loses
+at most that much work and rerunning the same command continues from the last checkpoint,
+ending with the same weights as an uninterrupted run. While :func:`train` runs, SIGTERM is
+caught (:class:`GracefulStop`): the current optimizer step finishes, a checkpoint is written
+and ``train`` returns with ``interrupted=True`` and ``stop_reason="SIGTERM"``; a second SIGTERM
+stops at once (the last checkpoint stays). Ctrl-C (SIGINT) stops at once the same way. The
+module CLI then exits with :data:`EXIT_CODES` (130 for Ctrl-C, 143 for SIGTERM; rerun to resume).
 
 Run as a module to train a tiny LM on a corpus::
 
@@ -23,12 +34,18 @@ import hashlib
 import json
 import math
 import os
+import random
+import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -41,15 +58,21 @@ from fmlab.core.io import (
     atomic_write_json,
     atomic_write_text,
     load_torch_file,
+    read_json,
 )
 
 __all__ = [
+    "EXIT_CODES",
     "BlockSampler",
+    "CheckpointTimer",
+    "GracefulStop",
     "TensorSampler",
     "TrainConfig",
     "TrainResult",
+    "TrainingInterrupted",
     "causal_lm_loss",
     "lr_at",
+    "param_checksum",
     "train",
 ]
 
@@ -73,7 +96,8 @@ class TrainConfig:
     bf16: bool = False  # autocast matmuls to bfloat16 (weights and optimizer stay fp32)
     eval_every: int = 0  # 0: evaluate only at the end
     eval_batches: int = 8
-    ckpt_every: int = 0  # 0: checkpoint only at the end (and on interruption)
+    ckpt_every: int = 0  # checkpoint every N steps; 0: off (the time-based one still runs)
+    ckpt_every_s: float = 120.0  # checkpoint every N s of wall-clock (rank 0's); 0: off
     log_every: int = 10
     seed: int = 0
     progress: bool = True
@@ -86,6 +110,8 @@ class TrainConfig:
             "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0,
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "ckpt_every": self.ckpt_every >= 0,
+            "ckpt_every_s": self.ckpt_every_s >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -193,6 +219,88 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * t))
 
 
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+"""Exit status of a command whose training stopped on a signal (128 + the signal number, as a
+shell reports it); the checkpoint is on disk and rerunning the command resumes."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A training loop that returns a model stopped on a signal after writing its checkpoint.
+
+    A subclass of ``KeyboardInterrupt``, so code that already stops cleanly on Ctrl-C stops
+    cleanly on SIGTERM too. ``exit_code`` is the conventional status (:data:`EXIT_CODES`).
+    """
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM", step: int | None = None):
+        super().__init__(message)
+        self.signal_name, self.step = signal_name, step
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signal_name, 130)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "training interrupted"
+
+
+class GracefulStop:
+    """While active, SIGTERM (or the given signals) only sets :attr:`received`; the training
+    loop checks :attr:`requested` after each optimizer step, checkpoints and stops.
+
+    Installed only in the main thread (elsewhere Python cannot install handlers, and it is a
+    no-op); the previous handlers are restored on exit. A second signal while a stop is already
+    pending raises ``KeyboardInterrupt`` at once, for a step that takes too long.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.signals = signals
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, h in self._previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self._previous = {}
+        return False
+
+
+class CheckpointTimer:
+    """When a periodic checkpoint is due: every ``every_steps`` optimizer steps and every
+    ``every_s`` seconds of wall-clock since the last one (0 disables either)."""
+
+    def __init__(self, every_steps: int = 0, every_s: float = 0.0, clock=time.monotonic):
+        self.every_steps, self.every_s, self.clock = every_steps, every_s, clock
+        self._last = clock()
+
+    def steps_due(self, step: int) -> bool:
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def time_due(self) -> bool:
+        return self.every_s > 0 and self.clock() - self._last >= self.every_s
+
+    def due(self, step: int) -> bool:
+        return self.steps_due(step) or self.time_due()
+
+    def saved(self) -> None:
+        """Restart the clock (call after writing a checkpoint)."""
+        self._last = self.clock()
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -201,7 +309,29 @@ class TrainResult:
     wall_s: float
     tokens: int
     history: list[dict] = field(default_factory=list)
-    interrupted: bool = False
+    interrupted: bool = False  # stopped before cfg.steps (stop_at or a signal)
+    stop_reason: str = "done"  # "done" | "stop_at" | "SIGTERM" | "SIGINT"
+
+    @property
+    def signalled(self) -> bool:
+        """Stopped by a signal (SIGTERM or Ctrl-C) rather than by finishing or ``stop_at``."""
+        return self.stop_reason in EXIT_CODES
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the conventional status of the signal that stopped the run."""
+        return EXIT_CODES.get(self.stop_reason, 0)
+
+    def raise_if_signalled(self, what: str = "training") -> None:
+        """Raise :class:`TrainingInterrupted` if a signal stopped the run: for callers that
+        would otherwise go on using a half-trained model."""
+        if self.signalled:
+            raise TrainingInterrupted(
+                f"{what} stopped by {self.stop_reason} at step {self.steps}; the checkpoint is "
+                "saved, rerun the same command to resume",
+                self.stop_reason,
+                self.steps,
+            )
 
 
 def _dist_info() -> tuple[int, int]:
@@ -219,20 +349,76 @@ def _maybe_init_dist() -> bool:
     return False
 
 
-def _save_checkpoint(path: Path, model, opt, step: int, cfg: TrainConfig) -> None:
+def rng_state() -> dict[str, Any]:
+    """This process's global RNG states (torch, CUDA, numpy, ``random``), loadable with
+    ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(st["torch"])
+    name, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _all_rng_states(world: int, agreed: bool) -> list[dict]:
+    """Every rank's RNG states (a collective: only where all ranks checkpoint together)."""
+    if world == 1 or not agreed:
+        return [rng_state()]
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def _agree(flags: list[bool], dev: torch.device, world: int) -> list[bool]:
+    """Logical OR of ``flags`` over ranks, so every rank stops/checkpoints on the same step."""
+    if world == 1:
+        return flags
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]
+
+
+def _save_checkpoint(
+    path: Path, model, opt, step: int, cfg: TrainConfig, rng: list[dict], window: list[float]
+) -> None:
     state = {
+        "format": 2,
         "step": step,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "config": cfg.to_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "rng": rng,  # one entry per rank (or one for all)
+        "window": list(window),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load_checkpoint(path: Path, model, opt, cfg: TrainConfig) -> int:
-    state = load_torch_file(path, allow_pickle=True)  # our own file; still weights_only=True
+def _load_checkpoint(path: Path, model, opt, cfg: TrainConfig, rank: int) -> tuple[int, list]:
+    """Load ``path`` into ``model`` and ``opt``; return (step, loss window)."""
+    fix = f"delete {path} to restart from step 0 (or restore it from a copy)"
+    try:
+        state = load_torch_file(path, allow_pickle=True)  # our own file; still weights_only
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{path}: the training checkpoint is truncated or corrupt ({e.__cause__ or e}); {fix}"
+        ) from e
+    missing = [k for k in ("step", "model", "optimizer") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a fmlab training checkpoint (no {missing}); {fix}")
     saved = state.get("config", {})
     for k in ("batch_size", "grad_accum", "seed", "steps", "lr", "warmup_steps"):
         if k in saved and saved[k] != getattr(cfg, k):
@@ -242,20 +428,40 @@ def _load_checkpoint(path: Path, model, opt, cfg: TrainConfig) -> int:
             )
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+    if "rng" in state:
+        rngs = state["rng"]
+        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    else:  # format 1
+        torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state.get("window", []))
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:
+    """Logged rows up to step ``upto``; a line cut short by a kill is dropped."""
     if not path.is_file():
         return []
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [r for r in rows if r.get("step", 0) <= upto]
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= upto]
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Temporary files a killed run left behind (``fmlab.core.io`` names them ``.NAME.*.tmp``
+    and ``.NAME.*.partial``); only one run may use an output directory at a time."""
+    for pat in (f".{CHECKPOINT}.*.tmp", f".{METRICS}.*.tmp", ".model.*.partial", ".model.old"):
+        for p in out.glob(pat):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _progress(enabled: bool, total: int, start: int):
     if not enabled:
         return contextlib.nullcontext(None)
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -271,9 +477,89 @@ def _progress(enabled: bool, total: int, start: int):
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
         transient=False,
+        console=Console(stderr=True),  # stdout carries results
     )
     p.add_task("train", total=total, completed=start, info="")
     return p
+
+
+@dataclass
+class _Run:
+    """The state of one :func:`train` call that the loop and the checkpoint writer share."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    out: Path | None
+    rank: int
+    world: int
+    step: int = 0
+    window: list[float] = field(default_factory=list)
+    updating: bool = False  # inside opt.step(): the weights are half-updated
+
+    def save(self, agreed: bool = True) -> None:
+        """Checkpoint (a collective in DDP when ``agreed``: every rank must call it)."""
+        if self.out is None:
+            return
+        rng = _all_rng_states(self.world, agreed)
+        if self.rank == 0:
+            _save_checkpoint(
+                self.out / CHECKPOINT, self.model, self.opt, self.step, self.cfg, rng, self.window
+            )
+
+
+def _prepare_out(run: _Run, resume: bool) -> list[dict]:
+    """Resume from the checkpoint in ``out`` (or start fresh, clearing stale metrics); return
+    the metric rows so far."""
+    out = run.out
+    if out is None:
+        return []
+    if run.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(out)
+    if resume and (out / CHECKPOINT).is_file():
+        run.step, run.window = _load_checkpoint(
+            out / CHECKPOINT, run.model, run.opt, run.cfg, run.rank
+        )
+        history = _read_history(out / METRICS, run.step)
+        if run.rank == 0:
+            atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        return history
+    if run.rank == 0:  # a fresh start: rows of an earlier, uncheckpointed run would repeat
+        (out / METRICS).unlink(missing_ok=True)
+    return []
+
+
+def _one_step(run: _Run, wrapped, data: BatchSource, loss_fn, lr: float, dev) -> tuple:
+    """One optimizer step (all micro-steps); returns (loss, grad norm, tokens seen)."""
+    cfg, opt = run.cfg, run.opt
+    for group in opt.param_groups:
+        group["lr"] = lr
+    total, tokens = 0.0, 0
+    for micro in range(cfg.grad_accum):
+        batch = {
+            k: v.to(dev)
+            for k, v in data.batch(run.step, micro, run.rank, run.world, cfg.batch_size).items()
+        }
+        sync = micro == cfg.grad_accum - 1 or run.world == 1
+        ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
+        with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = loss_fn(wrapped, batch) / cfg.grad_accum
+        loss.backward()
+        total += float(loss.detach())
+        tokens += batch["input_ids"].numel() * run.world
+    gnorm = (
+        float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
+        if cfg.grad_clip > 0
+        else float("nan")
+    )
+    run.updating = True
+    opt.step()
+    run.step += 1
+    run.updating = False
+    opt.zero_grad(set_to_none=True)
+    run.window.append(total)
+    return total, gnorm, tokens
 
 
 def train(
@@ -293,29 +579,27 @@ def train(
         data: a :class:`BatchSource` (e.g. :class:`BlockSampler`); batches go to the model's
             device.
         out_dir: where ``checkpoint.pt``, ``metrics.jsonl`` and the final ``model/`` go; with
-            ``resume`` and an existing checkpoint, training continues from it exactly.
+            ``resume`` and an existing checkpoint, training continues from it exactly. The
+            checkpoint is rewritten atomically every ``cfg.ckpt_every_s`` seconds and every
+            ``cfg.ckpt_every`` steps, at the end, on Ctrl-C and on SIGTERM. Without a
+            checkpoint, a stale ``metrics.jsonl`` is removed.
         loss_fn: ``loss_fn(model, batch) -> scalar`` (the model may be DDP-wrapped).
         val_blocks: ``(N, T + 1)`` blocks for validation loss (first ``eval_batches`` batches).
         eval_fn: extra evaluation ``eval_fn(model) -> {name: value}`` run with validation.
         stop_at: stop after this step with a checkpoint, as if interrupted (for tests and for
             splitting long jobs); ``train`` can then be called again to resume.
+
+    A SIGTERM (main thread only) finishes the current step, checkpoints and returns with
+    ``interrupted=True`` and ``stop_reason="SIGTERM"``; a caller that would go on using the
+    model should call ``result.raise_if_signalled()``.
     """
     started_dist = _maybe_init_dist()
     rank, world = _dist_info()
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    dev = next(model.parameters()).device
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
     )
-    step = 0
-    history: list[dict] = []
-    if out is not None and resume and (out / CHECKPOINT).is_file():
-        step = _load_checkpoint(out / CHECKPOINT, model, opt, cfg)
-        history = _read_history(out / METRICS, step)
-        if rank == 0:
-            atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    run = _Run(model, opt, cfg, Path(out_dir) if out_dir is not None else None, rank, world)
+    history = _prepare_out(run, resume)
     wrapped = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -332,88 +616,87 @@ def train(
         model.train()
         return res
 
+    dev = next(model.parameters()).device
     t0 = time.perf_counter()
     tokens = 0
-    window: list[float] = []
     last_eval: dict[str, float] = {}
-    interrupted = False
+    reason, caught = "done", False
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-    log_f = open(out / METRICS, "a") if (out is not None and rank == 0) else None  # noqa: SIM115
-    try:
-        with _progress(cfg.progress and rank == 0, cfg.steps, step) as bar:
-            while step < end:
-                lr = lr_at(step, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                total = 0.0
-                for micro in range(cfg.grad_accum):
-                    batch = {
-                        k: v.to(dev)
-                        for k, v in data.batch(step, micro, rank, world, cfg.batch_size).items()
-                    }
-                    sync = micro == cfg.grad_accum - 1 or world == 1
-                    ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
-                    with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                        loss = loss_fn(wrapped, batch) / cfg.grad_accum
-                    loss.backward()
-                    total += float(loss.detach())
-                    tokens += batch["input_ids"].numel() * world
-                gnorm = (
-                    float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-                    if cfg.grad_clip > 0
-                    else float("nan")
-                )
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                window.append(total)
-                row: dict[str, Any] = {}
-                if step % cfg.log_every == 0 or step == end:
-                    row = {
-                        "step": step,
-                        "loss": sum(window) / len(window),
-                        "lr": lr,
-                        "grad_norm": gnorm,
-                    }
-                    window = []
-                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                    last_eval = evaluate()
-                    row = {**(row or {"step": step}), **last_eval}
-                if row and log_f is not None:
-                    row["elapsed_s"] = round(time.perf_counter() - t0, 3)
-                    log_f.write(json.dumps(row) + "\n")
-                    log_f.flush()
-                if row:
-                    history.append(row)
-                if out is not None and rank == 0 and cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                    _save_checkpoint(out / CHECKPOINT, model, opt, step, cfg)
-                if bar is not None:
-                    bar.update(
-                        bar.task_ids[0], completed=step, info=f"loss {total:.3f} lr {lr:.2e}"
+    timer = CheckpointTimer(cfg.ckpt_every, cfg.ckpt_every_s)
+    log_f = open(run.out / METRICS, "a") if (run.out and rank == 0) else None  # noqa: SIM115
+    with GracefulStop() as stop:
+        try:
+            with _progress(cfg.progress and rank == 0, cfg.steps, run.step) as bar:
+                while run.step < end:
+                    lr = lr_at(run.step, cfg)
+                    total, gnorm, n_tok = _one_step(run, wrapped, data, loss_fn, lr, dev)
+                    tokens += n_tok
+                    row: dict[str, Any] = {}
+                    if run.step % cfg.log_every == 0 or run.step == end:
+                        w = run.window
+                        row = {"step": run.step, "loss": sum(w) / len(w), "lr": lr,
+                               "grad_norm": gnorm}  # fmt: skip
+                        run.window = []
+                    if (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.steps:
+                        last_eval = evaluate()
+                        row = {**(row or {"step": run.step}), **last_eval}
+                    if row and log_f is not None:
+                        row["elapsed_s"] = round(time.perf_counter() - t0, 3)
+                        log_f.write(json.dumps(row) + "\n")
+                        log_f.flush()
+                    if row:
+                        history.append(row)
+                    if bar is not None:
+                        bar.update(
+                            bar.task_ids[0],
+                            completed=run.step,
+                            info=f"loss {total:.3f} lr {lr:.2e}",
+                        )
+                    stop_now, time_due = _agree(
+                        [stop.requested, rank == 0 and timer.time_due()], dev, world
                     )
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if log_f is not None:
-            log_f.close()
-    if out is not None and rank == 0:
-        _save_checkpoint(out / CHECKPOINT, model, opt, step, cfg)
-        if step >= cfg.steps and hasattr(model, "save_pretrained"):
-            with atomic_dir(out / "model", overwrite=True) as tmp:
+                    if stop_now:
+                        reason = stop.received or "SIGTERM"
+                        break
+                    if run.step < end and (timer.steps_due(run.step) or time_due):
+                        run.save()
+                        timer.saved()
+        except KeyboardInterrupt:  # Ctrl-C, or a second SIGTERM: stop now
+            reason, caught = stop.received or "SIGINT", True
+        finally:
+            if log_f is not None:
+                log_f.close()
+        if run.updating:  # the weights are neither step k nor k + 1: keep the last checkpoint
+            print(
+                "interrupted inside an optimizer step: the last checkpoint is kept; rerun the "
+                "same command to resume from it",
+                file=sys.stderr,
+            )
+        else:
+            run.save(agreed=not caught)  # after a KeyboardInterrupt the ranks are not in step
+        if run.step >= cfg.steps and not last_eval and (val_blocks is not None or eval_fn):
+            last_eval = evaluate()  # a finished run resumed: report its evaluation again
+        if run.out and rank == 0 and run.step >= cfg.steps and hasattr(model, "save_pretrained"):
+            with atomic_dir(run.out / "model", overwrite=True) as tmp:
                 model.save_pretrained(tmp)
     if world > 1:
         dist.barrier()
     if started_dist:
         dist.destroy_process_group()
+    if run.step >= cfg.steps:
+        reason = "done"  # a signal during the last step changes nothing
+    elif reason == "done":
+        reason = "stop_at"
     losses = [r["loss"] for r in history if "loss" in r]
     return TrainResult(
-        steps=step,
+        steps=run.step,
         train_loss=losses[-1] if losses else float("nan"),
         val_loss=last_eval.get("val_loss"),
         wall_s=time.perf_counter() - t0,
         tokens=tokens,
         history=history,
-        interrupted=interrupted or step < cfg.steps,
+        interrupted=run.step < cfg.steps,
+        stop_reason=reason,
     )
 
 
@@ -427,10 +710,11 @@ def param_checksum(model: torch.nn.Module) -> str:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """Train a tiny Llama on a corpus (single process or under torchrun)."""
-    from fmlab.core.data import load_corpus, pack_documents, split_documents, unigram_entropy
-    from fmlab.core.models import build_model, train_bpe_tokenizer
+    """Train a tiny Llama on a corpus (single process or under torchrun).
 
+    Exit status: 0 when done; 130 (Ctrl-C) or 143 (SIGTERM) when stopped early with the
+    checkpoint saved (rerun the same command to resume); 2 on a usage or checkpoint error.
+    """
     ap = argparse.ArgumentParser(prog="python -m fmlab.core.train", description=_main.__doc__)
     ap.add_argument("--corpus", default="prose", help="prose, code, or a .txt/.jsonl path")
     ap.add_argument("--model", default="llama-tiny", help="a fmlab.core.models builder name")
@@ -441,10 +725,22 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    try:
+        return _run_main(args)
+    except (CheckpointError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_main(args: argparse.Namespace) -> int:
+    from fmlab.core.data import load_corpus, pack_documents, split_documents, unigram_entropy
+    from fmlab.core.models import build_model, train_bpe_tokenizer
 
     cfg_dict: dict[str, Any] = {}
     if args.config:
-        cfg_dict = json.loads(Path(args.config).read_text())
+        cfg_dict = read_json(args.config)
+        if not isinstance(cfg_dict, dict):
+            raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields")
     if args.steps is not None:
         cfg_dict["steps"] = args.steps
     cfg_dict.setdefault("seed", args.seed)
@@ -460,6 +756,16 @@ def _main(argv: list[str] | None = None) -> int:
     res = train(
         model, BlockSampler(train_blocks, seed=cfg.seed), cfg, args.out, val_blocks=val_blocks
     )
+    if res.signalled:
+        if rank == 0:
+            print(
+                f"stopped by {res.stop_reason} at step {res.steps}/{cfg.steps}; checkpoint saved "
+                f"in {Path(args.out) / CHECKPOINT}; rerun the same command to resume",
+                file=sys.stderr,
+            )
+        if started:
+            dist.destroy_process_group()
+        return res.exit_code
     sums = [param_checksum(model)]
     if world > 1:
         sums = [None] * world
