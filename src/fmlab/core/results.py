@@ -26,7 +26,10 @@ __all__ = [
     "ResultRecord",
     "Timer",
     "bar_plot",
+    "delta_text",
     "env_info",
+    "format_interval",
+    "interval_lines",
     "line_plot",
     "load_record",
     "mean_std",
@@ -123,6 +126,11 @@ class ResultRecord:
     plots: list[str] = field(default_factory=list)  # file names beside the JSON
     notes: list[str] = field(default_factory=list)  # deviations, caveats: shown in the report
     headline: list[str] = field(default_factory=list)  # metric keys for the README row
+    # filled by fmlab.core.experiment.record_fields (optional, so older records still load):
+    splits: dict[str, Any] = field(default_factory=dict)  # sizes, digests, overlaps, seal
+    tuning: dict[str, Any] = field(default_factory=dict)  # every arm's grid, scores, choice
+    seeds_seen_in_design: list[int] = field(default_factory=list)
+    intervals: dict[str, Any] = field(default_factory=dict)  # label -> paired difference
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,6 +250,60 @@ def _scalar_keys(*rows: Mapping[str, Any]) -> list[str]:
     return keys
 
 
+def delta_text(estimate: float, lo: float, hi: float, digits: int | None = None) -> str:
+    """``"+0.019 [−0.001, +0.041]"``: a difference with its interval, rounded to two
+    significant digits of the interval's width unless ``digits`` is given."""
+    from math import floor, isfinite, log10
+
+    if digits is None:
+        w = abs(hi - lo)
+        digits = min(6, max(0, 1 - floor(log10(w)))) if w and isfinite(w) else 3
+
+    def signed(x: float) -> str:
+        return f"{x:+.{digits}f}".replace("-", "−")
+
+    return f"{signed(estimate)} [{signed(lo)}, {signed(hi)}]"
+
+
+def format_interval(entry: Mapping[str, Any], compact: bool = False) -> str:
+    """One line for an entry of a record's ``intervals``, e.g. ``Δ dtrpo − sft (acc):
+    +0.019 [−0.001, +0.041] (per-item bootstrap, 95%, 600 items, p = 0.07; per-seed t: …)``;
+    ``compact``: ``Δ acc dtrpo − sft = +0.019 [−0.001, +0.041]``. Empty if malformed."""
+    per_item, per_seed = entry.get("per_item"), entry.get("per_seed")
+    main = per_item or per_seed
+    if not isinstance(main, Mapping) or not {"estimate", "lo", "hi"} <= set(main):
+        return ""
+    name, metric = f"{entry.get('a')} − {entry.get('b')}", entry.get("metric") or ""
+    text = delta_text(main["estimate"], main["lo"], main["hi"])
+    if compact:
+        return f"Δ {metric + ' ' if metric else ''}{name} = {text}"
+    unit = "items" if main is per_item else "seeds"
+    detail = f"{main.get('method', '?')}, {main.get('level', 0.95):.0%}, {main.get('n')} {unit}"
+    if main.get("p") is not None:
+        detail += f", p = {main['p']:.2g}"
+    if main is per_item and isinstance(per_seed, Mapping):
+        seed_text = delta_text(per_seed["estimate"], per_seed["lo"], per_seed["hi"])
+        detail += f"; per-seed t: {seed_text}, {per_seed.get('n')} seeds"
+    return f"Δ {name}" + (f" ({metric})" if metric else "") + f": {text} ({detail})"
+
+
+def interval_lines(
+    d: Mapping[str, Any], headline_only: bool = False, compact: bool = False
+) -> list[str]:
+    """:func:`format_interval` of each entry of the record's ``intervals`` (only those
+    flagged ``headline`` when ``headline_only``)."""
+    ivs = d.get("intervals") or {}
+    if not isinstance(ivs, Mapping):
+        return []
+    lines = []
+    for e in ivs.values():
+        if isinstance(e, Mapping) and (e.get("headline", True) or not headline_only):
+            line = format_interval(e, compact)
+            if line:
+                lines.append(line)
+    return lines
+
+
 def render_record(d: Mapping[str, Any], rel_dir: str = ".") -> str:
     """Markdown for one record: claim, a metrics table (ours vs baselines), notes, plots."""
     lines = [f"### {d['method']}", "", f"**Claim.** {d['claim']}", ""]
@@ -253,6 +315,9 @@ def render_record(d: Mapping[str, Any], rel_dir: str = ".") -> str:
         for arm, m in rows.items():
             lines.append(f"| {arm} | " + " | ".join(_fmt(m.get(k, "")) for k in keys) + " |")
         lines.append("")
+    ivs = interval_lines(d)
+    if ivs:
+        lines += ["**Differences** (paired, with intervals):", "", *(f"- {x}" for x in ivs), ""]
     cmd = d.get("setup", {}).get("command")
     lines.append(f"Wall time {_fmt(float(d['wall_s']))} s" + (f"; command: `{cmd}`" if cmd else ""))
     lines.append("")
@@ -311,6 +376,7 @@ def render_results_table(results_dir: str | os.PathLike, base: str | os.PathLike
     for p, d in _records(root):
         keys = d.get("headline") or _scalar_keys(d["metrics"])[:3]
         ours = ", ".join(f"{k} = {_fmt(d['metrics'].get(k))}" for k in keys if k in d["metrics"])
+        ours = "; ".join(x for x in (ours, *interval_lines(d, True, compact=True)) if x)
         bases = "; ".join(
             f"{name}: " + ", ".join(f"{k} = {_fmt(m[k])}" for k in keys if k in m)
             for name, m in d.get("baselines", {}).items()
