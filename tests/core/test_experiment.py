@@ -406,3 +406,34 @@ def test_render_record_and_readme_table_show_the_interval(tmp_path):
     assert "; per-seed t: " in line
     png = interval_plot(tmp_path / "iv.png", [p, diff])
     assert png.stat().st_size > 1000
+
+
+# -- the docs example -----------------------------------------------------------------------
+def test_docs_writing_a_bench_example_runs(tmp_path):
+    """docs/core.md's "Writing a bench" example, with toy stand-ins for the method's own
+    functions, runs, resumes, and writes a record with every harness field."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "core.md").read_text(encoding="utf-8")
+    start = text.index("```python", text.index("## Writing a bench")) + len("```python\n")
+    code = text[start : text.index("```", start)]
+
+    def generate(n, seed):
+        r = np.random.default_rng(seed)
+        return [{"prompt": f"p{seed}-{i}-{r.random()}", "y": r.random()} for i in range(n)]
+
+    def correct(model, ex):
+        bonus = 0.1 if model["arm"] == "ours" else 0.0
+        return ex["y"] < 0.5 + bonus - abs(model["lr"] - 3e-4) * 1000
+
+    ns = {
+        "generate": generate,
+        "correct": correct,
+        "fit": lambda arm, train, seed, lr: {"arm": arm, "lr": lr, "seed": seed},
+        "accuracy": lambda model, items: float(np.mean([correct(model, ex) for ex in items])),
+    }
+    exec(compile(code, "docs/core.md", "exec"), ns)
+    rec = ns["run"](tmp_path)
+    assert rec.splits["test_opened"] and rec.tuning["chosen"]["ours"] == {"lr": 3e-4}
+    assert "acc: ours − sft" in rec.intervals and rec.seeds_seen_in_design == [0]
+    assert "Δ ours − sft (acc)" in render_record(load_record(tmp_path / "mymethod.json"))

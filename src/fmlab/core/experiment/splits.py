@@ -104,13 +104,8 @@ class Split(Sequence):
     """A read-only view of one named split's items, with its size and content digest."""
 
     def __init__(self, name: str, items: tuple, digest: str, sealed: bool, owner: Splits):
-        self.name, self._items, self.digest, self.sealed, self.owner = (
-            name,
-            items,
-            digest,
-            sealed,
-            owner,
-        )
+        self.name, self.digest, self.sealed, self.owner = name, digest, sealed, owner
+        self._items = items
 
     def __getitem__(self, i):
         return self._items[i]

@@ -19,6 +19,7 @@ The rule, the same for every arm:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -144,6 +145,8 @@ def _grids_for(arms: Sequence[str], grid: Mapping[str, Any]) -> dict[str, dict[s
             vals = list(vals)
             if not vals:
                 raise ValueError(f"arm {a!r}: grid axis {axis!r} has no values")
+            if len({json.dumps(v, sort_keys=True, default=repr) for v in vals}) < len(vals):
+                raise ValueError(f"arm {a!r}: grid axis {axis!r} repeats a value: {vals}")
             out[a][axis] = vals
     return out
 
@@ -295,51 +298,48 @@ def tune(
     grids = _grids_for(list(arms), grid)
     sizes = {a: len(_points(g)) for a, g in grids.items()}
     budget = budget if budget is not None else max(sizes.values())
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1 grid point per arm, got {budget}")
     short = {a: n for a, n in sizes.items() if 1 < n < budget}
     if short:
         raise ValueError(
             f"arms {short} have fewer grid points than the budget {budget}: give them finer "
             "grids or lower the budget, so every arm gets the same tuning effort"
         )
-    if isinstance(val, Split):
-        with val.owner.design(f"tune {', '.join(arms)} on {val.name!r}"):
-            res = _tune_all(
-                grids, evaluate_val, val, budget, mode, max_widen, scale, bounds, seed, memo
-            )
-    else:
-        res = _tune_all(
-            grids, evaluate_val, val, budget, mode, max_widen, scale, bounds, seed, memo
-        )
+    design = (
+        val.owner.design(f"tune {', '.join(arms)} on {val.name!r}")
+        if isinstance(val, Split)
+        else contextlib.nullcontext()
+    )
+    rng, scale, bounds = np.random.default_rng(seed), dict(scale or {}), dict(bounds or {})
+    res: dict[str, ArmTuning] = {}
+    with design:
+        for arm, g in grids.items():
+            scorer = _Scorer(arm, evaluate_val, val, mode, memo)
+            res[arm] = _tune_arm(arm, g, scorer, budget, rng, max_widen, scale, bounds)
     return Tuning(res, budget, mode, max_widen, _split_info(val))
 
 
-def _tune_all(grids, evaluate_val, val, budget, mode, max_widen, scale, bounds, seed, memo):
-    rng = np.random.default_rng(seed)
-    out: dict[str, ArmTuning] = {}
-    for arm, g in grids.items():
-        pts = _points(g)
-        sampled = len(pts) > budget
-        if sampled:
-            pts = [pts[i] for i in sorted(rng.choice(len(pts), size=budget, replace=False))]
-        scorer = _Scorer(arm, evaluate_val, val, mode, memo)
-        for p in pts:
-            scorer(p, "grid")
-        g = {axis: list(v) for axis, v in g.items()}
-        widened, on_edge = (
-            ([], [])
-            if len(pts) == 1
-            else _widen(arm, g, scorer, max_widen, dict(scale or {}), dict(bounds or {}))
-        )
-        best = scorer.best
-        out[arm] = ArmTuning(
-            arm,
-            g,
-            scorer.points,
-            dict(best["params"]),
-            best["score"],
-            fixed=len(pts) == 1,
-            sampled=sampled,
-            widened=widened,
-            on_edge=on_edge,
-        )
-    return out
+def _tune_arm(arm, grid, scorer, budget, rng, max_widen, scale, bounds) -> ArmTuning:
+    """Evaluate ``budget`` points of one arm's grid (all, or a seeded sample), then widen."""
+    pts = _points(grid)
+    sampled = len(pts) > budget
+    if sampled:
+        pts = [pts[i] for i in sorted(rng.choice(len(pts), size=budget, replace=False))]
+    for p in pts:
+        scorer(p, "grid")
+    grid = {axis: list(v) for axis, v in grid.items()}
+    fixed = len(pts) == 1
+    widened, on_edge = ([], []) if fixed else _widen(arm, grid, scorer, max_widen, scale, bounds)
+    best = scorer.best
+    return ArmTuning(
+        arm,
+        grid,
+        scorer.points,
+        dict(best["params"]),
+        best["score"],
+        fixed=fixed,
+        sampled=sampled,
+        widened=widened,
+        on_edge=on_edge,
+    )
