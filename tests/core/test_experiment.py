@@ -376,6 +376,10 @@ def test_record_round_trips_the_new_fields_and_old_records_still_load(tmp_path):
     assert d["tuning"]["arms"]["ours"]["evaluated"] == 3
     iv = d["intervals"]["acc: ours − base"]
     assert iv["per_seed"]["lo"] == pytest.approx(diff.per_seed.lo) and iv["headline"] is True
+    per_seed_tunings = {"seed 0": tune(["a"], {"k": ["x", "y"]}, lambda *a: 1.0, val=[1, 2])}
+    assert record_fields(tuning=per_seed_tunings)["tuning"]["seed 0"]["budget"] == 2
+    with pytest.raises(ValueError, match="two intervals are labelled 'acc: ours − base'"):
+        record_fields(intervals=[diff, diff])
     old = {k: v for k, v in d.items() if k not in ("splits", "tuning", "intervals")}
     old.pop("seeds_seen_in_design")
     (path.parent / "old.json").write_text(json.dumps(old))
