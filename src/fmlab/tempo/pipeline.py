@@ -39,6 +39,7 @@ __all__ = ["ARMS", "Stack", "TrainConfig", "segments_of", "train_stack"]
 COMPRESSOR_ARMS = ("tempo", "uniform-alloc", "random-ata", "oracle", "m0", "tail")
 ARMS = (*COMPRESSOR_ARMS, "agnostic", "frames", "pool")
 KINDS = ("tempo", "agnostic", "frames", "pool")  # what gets trained
+TRAIN_STATE = "train_state.pt"  # optimizer + RNG states inside a training checkpoint
 
 
 def segments_of(frames: np.ndarray, seg_len: int) -> torch.Tensor:
@@ -203,9 +204,13 @@ class Stack(nn.Module):
         }
 
     # -- save / load ----------------------------------------------------------------------
-    def save(self, path: str | Path, extra: dict | None = None) -> None:
+    def save(
+        self, path: str | Path, extra: dict | None = None, train_state: dict | None = None
+    ) -> None:
         """``model.safetensors`` + ``tempo.json``; an HF compressor's backbone goes to
-        ``compressor/`` in its own format (its memory tokens stay in ``model.safetensors``)."""
+        ``compressor/`` in its own format (its memory tokens stay in ``model.safetensors``).
+        ``train_state`` (optimizer, RNG states) goes to ``train_state.pt`` in the same atomic
+        directory, so a checkpoint is never half old, half new."""
         from safetensors.torch import save_file
 
         from fmlab.core.io import atomic_dir
@@ -219,6 +224,8 @@ class Stack(nn.Module):
             save_file(state, str(tmp / "model.safetensors"))
             meta = {"kind": self.kind, "config": self.cfg.to_dict(), "hf_compressor": self.hf}
             (tmp / "tempo.json").write_text(json.dumps({**meta, **(extra or {})}, indent=1))
+            if train_state is not None:
+                torch.save(train_state, tmp / TRAIN_STATE)
 
     @classmethod
     def load(cls, path: str | Path) -> Stack:
@@ -265,7 +272,8 @@ class TrainConfig:
     random_prefix: bool = True  # long-sft: random prefix truncation half the time
     budgets_per_segment: tuple[int, ...] = (1, 2, 4, 8, 16)
     seed: int = 0
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # steps; 0: off
+    checkpoint_every_s: float = 120.0  # seconds of wall-clock; 0: off
     extra: dict = field(default_factory=dict)
 
 
@@ -292,7 +300,15 @@ def train_stack(
     ``compressor``: a local Hugging Face vision-language checkpoint to use as the compressor
     instead of the tiny SVLM; ``freeze_backbone`` then trains only its memory tokens, the probe
     and the global model.
+
+    ``out/checkpoint`` (weights, optimizer, RNG states) is rewritten atomically every
+    ``cfg.checkpoint_every`` steps and every ``cfg.checkpoint_every_s`` seconds, so a killed run
+    resumes exactly where the checkpoint stands. A SIGTERM finishes the current step, writes the
+    checkpoint and raises :class:`fmlab.core.train.TrainingInterrupted` (a ``KeyboardInterrupt``;
+    ``exit_code`` 143); rerunning the same call resumes.
     """
+    from fmlab.core.train import CheckpointTimer, GracefulStop, TrainingInterrupted
+
     torch.manual_seed(cfg.seed)
     hf = None
     if compressor is not None:
@@ -304,20 +320,14 @@ def train_stack(
     stack = Stack(kind, model_cfg, hf)
     opt = torch.optim.AdamW(_trainable(stack), lr=cfg.lr, weight_decay=0.01)
     total = sum(s for _, s, _ in cfg.stages)
-    done = 0
     ckpt = Path(out) / "checkpoint" if out is not None else None
+    done, rng = 0, np.random.default_rng([cfg.seed, 0])
     if ckpt is not None and (ckpt / "tempo.json").is_file():
         meta = json.loads((ckpt / "tempo.json").read_text())
-        if meta.get("train") == _jsonable(cfg):
-            stack = Stack.load(ckpt).train()
-            if stack.hf and freeze_backbone:
-                stack.compressor.model.requires_grad_(False)
-            opt = torch.optim.AdamW(_trainable(stack), lr=cfg.lr, weight_decay=0.01)
-            opt.load_state_dict(torch.load(ckpt / "optim.pt", weights_only=True))
-            done = int(meta["step"])
+        if _resume_key(meta.get("train")) == _resume_key(_jsonable(cfg)):
+            stack, opt, done, rng = _resume(ckpt, meta, cfg, freeze_backbone)
             log(f"resuming {kind} at step {done}/{total}")
     stack.train()
-    rng = np.random.default_rng([cfg.seed, done])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda i: (
@@ -327,54 +337,111 @@ def train_stack(
         ),
     )
     step, t0 = 0, time.perf_counter()
-    for name, steps, n_frames in cfg.stages:
-        for _ in range(steps):
-            step += 1
-            if step <= done:
-                continue
-            items, answers, rel_loss = [], [], torch.zeros(())
-            n_seg = math.ceil(n_frames / stack.cfg.seg_len)
-            for _ in range(cfg.batch):
-                video, q = _sample(rng, n_frames, 10_000_000 * (cfg.seed + 1))
-                budget = int(rng.choice(cfg.budgets_per_segment)) * n_seg
-                truth = segment_truth(video, q, stack.cfg.seg_len)
-                prefix = None
-                if (
-                    name == "align"
-                ):  # all memory tokens (ATA would keep only m of the least relevant)
-                    budget = n_seg * stack.cfg.mem_tokens
-                    prefix = np.full(n_seg, stack.cfg.mem_tokens) if kind == "tempo" else None
-                elif name == "long-sft" and cfg.random_prefix and rng.random() < 0.5:
-                    prefix = rng.integers(1, stack.cfg.mem_tokens + 1, size=n_seg)
-                arm = "uniform-alloc" if kind == "agnostic" else "tempo"
-                blocks, info = stack.blocks(video.frames, q.text, budget, arm, truth, rng, prefix)
-                if kind == "tempo" and q.needles:
-                    rel_loss = rel_loss + nn.functional.binary_cross_entropy_with_logits(
-                        info["relevance_logits"], torch.from_numpy(truth)
+    timer = CheckpointTimer(cfg.checkpoint_every, cfg.checkpoint_every_s)
+    with GracefulStop() as stop:
+        for name, steps, n_frames in cfg.stages:
+            for _ in range(steps):
+                step += 1
+                if step <= done:
+                    continue
+                loss = _stack_step(stack, opt, kind, name, n_frames, cfg, rng)
+                sched.step()
+                if step % 25 == 0:
+                    log(f"{kind} {name} step {step}/{total} loss {loss:.3f} "
+                        f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+                if ckpt is not None and (timer.due(step) or step == total or stop.requested):
+                    _save_training(stack, opt, rng, ckpt, cfg, step)
+                    timer.saved()
+                if stop.requested and step < total:
+                    where = f"checkpoint in {ckpt}" if ckpt is not None else "no output directory"
+                    raise TrainingInterrupted(
+                        f"tempo {kind}: stopped by {stop.received} at step {step}/{total} "
+                        f"({where}); rerun the same command to resume",
+                        stop.received or "SIGTERM",
+                        step,
                     )
-                if kind in ("tempo", "agnostic") and cfg.probe_weight:
-                    target = segment_colours(video, q, stack.cfg.seg_len, kind == "tempo")
-                    rel_loss = rel_loss + cfg.probe_weight * nn.functional.cross_entropy(
-                        info["probe"], torch.from_numpy(target)
-                    )
-                items.append((blocks, q.text))
-                answers.append(stack.vocab.answer_index(q.answer))
-            logits = stack.logits(items)
-            loss = nn.functional.cross_entropy(logits, torch.tensor(answers))
-            loss = loss + cfg.rel_weight * rel_loss / cfg.batch
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(stack.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if step % 25 == 0:
-                log(
-                    f"{kind} {name} step {step}/{total} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)"
-                )
-            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total):
-                stack.save(ckpt, {"train": _jsonable(cfg), "step": step})
-                torch.save(opt.state_dict(), ckpt / "optim.pt")
     return stack.eval()
+
+
+_CKPT_FIELDS = ("checkpoint_every", "checkpoint_every_s")  # when to save, not what is trained
+
+
+def _resume_key(train_cfg: dict | None) -> dict | None:
+    """The part of a saved TrainConfig that must match for a checkpoint to be resumed."""
+    if not isinstance(train_cfg, dict):
+        return None
+    return {k: v for k, v in train_cfg.items() if k not in _CKPT_FIELDS}
+
+
+def _stack_step(stack: Stack, opt, kind: str, name: str, n_frames: int, cfg, rng) -> float:
+    """One optimizer step of stage ``name`` on a fresh batch of ``cfg.batch`` videos."""
+    items, answers, rel_loss = [], [], torch.zeros(())
+    n_seg = math.ceil(n_frames / stack.cfg.seg_len)
+    for _ in range(cfg.batch):
+        video, q = _sample(rng, n_frames, 10_000_000 * (cfg.seed + 1))
+        budget = int(rng.choice(cfg.budgets_per_segment)) * n_seg
+        truth = segment_truth(video, q, stack.cfg.seg_len)
+        prefix = None
+        if name == "align":  # all memory tokens (ATA would keep only m of the least relevant)
+            budget = n_seg * stack.cfg.mem_tokens
+            prefix = np.full(n_seg, stack.cfg.mem_tokens) if kind == "tempo" else None
+        elif name == "long-sft" and cfg.random_prefix and rng.random() < 0.5:
+            prefix = rng.integers(1, stack.cfg.mem_tokens + 1, size=n_seg)
+        arm = "uniform-alloc" if kind == "agnostic" else "tempo"
+        blocks, info = stack.blocks(video.frames, q.text, budget, arm, truth, rng, prefix)
+        if kind == "tempo" and q.needles:
+            rel_loss = rel_loss + nn.functional.binary_cross_entropy_with_logits(
+                info["relevance_logits"], torch.from_numpy(truth)
+            )
+        if kind in ("tempo", "agnostic") and cfg.probe_weight:
+            target = segment_colours(video, q, stack.cfg.seg_len, kind == "tempo")
+            rel_loss = rel_loss + cfg.probe_weight * nn.functional.cross_entropy(
+                info["probe"], torch.from_numpy(target)
+            )
+        items.append((blocks, q.text))
+        answers.append(stack.vocab.answer_index(q.answer))
+    logits = stack.logits(items)
+    loss = nn.functional.cross_entropy(logits, torch.tensor(answers))
+    loss = loss + cfg.rel_weight * rel_loss / cfg.batch
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(stack.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _save_training(stack: Stack, opt, rng, ckpt: Path, cfg, step: int) -> None:
+    """Weights, optimizer and RNG states in one atomically replaced directory."""
+    from fmlab.core.train import rng_state
+
+    meta = {"train": _jsonable(cfg), "step": step, "np_rng": rng.bit_generator.state}
+    stack.save(ckpt, meta, train_state={"optimizer": opt.state_dict(), "rng": rng_state()})
+
+
+def _resume(ckpt: Path, meta: dict, cfg, freeze_backbone: bool):
+    """(stack, optimizer, step, numpy generator) restored from ``ckpt``."""
+    from fmlab.core.io import CheckpointError, load_torch_file
+    from fmlab.core.train import set_rng_state
+
+    stack = Stack.load(ckpt).train()
+    if stack.hf and freeze_backbone:
+        stack.compressor.model.requires_grad_(False)
+    opt = torch.optim.AdamW(_trainable(stack), lr=cfg.lr, weight_decay=0.01)
+    done = int(meta["step"])
+    if (ckpt / TRAIN_STATE).is_file():
+        st = load_torch_file(ckpt / TRAIN_STATE, allow_pickle=True)
+        opt.load_state_dict(st["optimizer"])
+        set_rng_state(st["rng"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["np_rng"]
+    elif (ckpt / "optim.pt").is_file():  # written before fmlab saved the RNG states
+        opt.load_state_dict(load_torch_file(ckpt / "optim.pt", allow_pickle=True))
+        rng = np.random.default_rng([cfg.seed, done])
+    else:
+        raise CheckpointError(
+            f"{ckpt}: no {TRAIN_STATE} (optimizer state); delete {ckpt} to restart training"
+        )
+    return stack, opt, done, rng
 
 
 def _trainable(stack: Stack) -> list[nn.Parameter]:
