@@ -69,6 +69,7 @@ def _tiny_lm(steps: int, seed: int, plot_dir: Path | None) -> tuple[dict, dict]:
         progress=False,
     )
     res = train(model, BlockSampler(train_b, seed=seed), cfg, val_blocks=val_b)
+    res.raise_if_signalled("core bench tiny LM")  # no record from a half-trained model
     h = unigram_entropy(train_b, len(tok))
     curve = [r for r in res.history if "val_loss" in r]
     if plot_dir is not None:

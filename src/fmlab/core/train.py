@@ -311,6 +311,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False  # stopped before cfg.steps (stop_at or a signal)
     stop_reason: str = "done"  # "done" | "stop_at" | "SIGTERM" | "SIGINT"
+    checkpoint: str | None = None  # the checkpoint written at the end, if any
 
     @property
     def signalled(self) -> bool:
@@ -326,9 +327,10 @@ class TrainResult:
         """Raise :class:`TrainingInterrupted` if a signal stopped the run: for callers that
         would otherwise go on using a half-trained model."""
         if self.signalled:
+            saved = f"checkpoint in {self.checkpoint}" if self.checkpoint else "nothing saved"
             raise TrainingInterrupted(
-                f"{what} stopped by {self.stop_reason} at step {self.steps}; the checkpoint is "
-                "saved, rerun the same command to resume",
+                f"{what} stopped by {self.stop_reason} at step {self.steps} ({saved}); rerun the "
+                "same command to resume",
                 self.stop_reason,
                 self.steps,
             )
@@ -621,6 +623,7 @@ def train(
     tokens = 0
     last_eval: dict[str, float] = {}
     reason, caught = "done", False
+    checkpoint = None
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     timer = CheckpointTimer(cfg.ckpt_every, cfg.ckpt_every_s)
     log_f = open(run.out / METRICS, "a") if (run.out and rank == 0) else None  # noqa: SIM115
@@ -674,6 +677,8 @@ def train(
             )
         else:
             run.save(agreed=not caught)  # after a KeyboardInterrupt the ranks are not in step
+            if run.out is not None:
+                checkpoint = str(run.out / CHECKPOINT)
         if run.step >= cfg.steps and not last_eval and (val_blocks is not None or eval_fn):
             last_eval = evaluate()  # a finished run resumed: report its evaluation again
         if run.out and rank == 0 and run.step >= cfg.steps and hasattr(model, "save_pretrained"):
@@ -697,6 +702,7 @@ def train(
         history=history,
         interrupted=run.step < cfg.steps,
         stop_reason=reason,
+        checkpoint=checkpoint,
     )
 
 

@@ -76,7 +76,10 @@ def pretrain(
     stop_at: int | None = None,
     eval_fn: Callable | None = None,
 ) -> TrainResult:
-    """Masked-diffusion SFT on (prompt, reference answer) pairs, in place."""
+    """Masked-diffusion SFT on (prompt, reference answer) pairs, in place.
+
+    A SIGTERM or Ctrl-C raises :class:`fmlab.core.train.TrainingInterrupted` once the
+    checkpoint in ``out_dir`` is written (rerun to resume); ``stop_at`` returns normally."""
 
     def loss_fn(net, batch):
         g = torch.Generator().manual_seed(int(batch["noise_seed"]))
@@ -85,7 +88,9 @@ def pretrain(
         )
 
     source = _SFTSource(model, items, cfg.seed)
-    return train(model.net, source, cfg, out_dir, loss_fn, eval_fn=eval_fn, stop_at=stop_at)
+    res = train(model.net, source, cfg, out_dir, loss_fn, eval_fn=eval_fn, stop_at=stop_at)
+    res.raise_if_signalled("dtrpo pretraining")  # callers would go on with a half-trained model
+    return res
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,8 @@ def train_arm(
 
     Offline arms read ``pairs``; online arms sample from the current policy on ``items``
     (``train_cfg.batch_size`` is pairs per step offline, and the online arms use
-    ``cfg.prompts_per_step`` prompts × ``cfg.group`` samples).
+    ``cfg.prompts_per_step`` prompts × ``cfg.group`` samples). A SIGTERM or Ctrl-C raises
+    :class:`fmlab.core.train.TrainingInterrupted` once the checkpoint is written.
     """
     if policy.net is ref.net:
         raise ValueError("policy and reference must be separate models (use ref.copy())")
@@ -232,6 +238,7 @@ def train_arm(
         source = _IndexSource(len(items), train_cfg.seed)
         train_cfg = dataclasses.replace(train_cfg, batch_size=cfg.prompts_per_step)
     res = train(policy.net, source, train_cfg, out_dir, loss_fn, stop_at=stop_at)
+    res.raise_if_signalled(f"dtrpo {cfg.arm} training")  # the bench's stop_at loops go on
     return res, count
 
 

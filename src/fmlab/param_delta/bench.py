@@ -268,9 +268,10 @@ def _load(path: Path):
 
 def _sft(src: Path, dst: Path, sft_data, cfg: TransferConfig, seed: int) -> Path:
     model = _load(src)
-    train(
+    res = train(
         model, TensorSampler(*sft_data, seed=seed), _train_cfg(cfg.sft_steps, cfg.sft_lr, cfg, seed)
     )
+    res.raise_if_signalled("param-delta bench SFT")  # never save a half-trained model
     model.save_pretrained(dst)
     return dst
 
@@ -296,7 +297,7 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
             model,
             BlockSampler(pre, seed=seed),
             _train_cfg(cfg.pretrain_steps, cfg.pretrain_lr, cfg, seed),
-        )
+        ).raise_if_signalled("param-delta bench pretraining")
         model.save_pretrained(work / "base")
         tok.save_pretrained(work / "base")
     times["pretrain_s"] = t.s
@@ -305,7 +306,9 @@ def _one_seed(cfg: TransferConfig, seed: int, work: Path, log) -> dict:
     with Timer() as t:
         upd_cfg = _train_cfg(max(cfg.update_steps), cfg.update_lr, cfg, seed)
         for d in sorted(cfg.update_steps):  # one continued run, checkpointed at each distance
-            train(model, BlockSampler(upd, seed=seed + 1), upd_cfg, work / "update_run", stop_at=d)
+            train(
+                model, BlockSampler(upd, seed=seed + 1), upd_cfg, work / "update_run", stop_at=d
+            ).raise_if_signalled("param-delta bench update run")
             model.save_pretrained(work / f"new_base_{d}")
             tok.save_pretrained(work / f"new_base_{d}")
     times["update_s"] = t.s
