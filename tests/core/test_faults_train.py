@@ -297,3 +297,34 @@ def test_tempo_train_stack_sigterm_leaves_a_loadable_checkpoint_and_resumes(
     assert any("resuming tempo at step 3/6" in m for m in logs)
     for (k, v1), v2 in zip(full.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(v1, v2), k  # bit-exact: optimizer and RNG states were saved
+
+
+# -- rdd's in-memory encoder fits --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tcn", "state-cnn"])
+def test_rdd_encoder_fit_is_abandoned_cleanly_on_sigterm(monkeypatch, sigterm_guard, name):
+    import numpy as np
+
+    from fmlab.rdd import encoders
+
+    rng = np.random.default_rng(0)
+    demos = [rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    real, calls = encoders._augment, {"n": 0}
+
+    def augment(x, g):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return real(x, g)
+
+    monkeypatch.setattr(encoders, "_augment", augment)
+    if name == "tcn":
+        enc, kw = encoders.TCNEncoder(steps=20, batch=8), {}
+    else:
+        enc = encoders.StateCNN(steps=20, batch=8)
+        kw = {"targets": [rng.normal(size=(12, 3)) for _ in demos]}
+    with pytest.raises(TrainingInterrupted, match="nothing was written") as e:
+        enc.fit(demos, **kw)
+    assert e.value.exit_code == 143 and enc.net is None
+    assert signal.getsignal(signal.SIGTERM) is sigterm_guard

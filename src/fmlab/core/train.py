@@ -249,11 +249,14 @@ class GracefulStop:
 
     Installed only in the main thread (elsewhere Python cannot install handlers, and it is a
     no-op); the previous handlers are restored on exit. A second signal while a stop is already
-    pending raises ``KeyboardInterrupt`` at once, for a step that takes too long.
+    pending raises ``KeyboardInterrupt`` at once, for a step that takes too long. With
+    ``immediate``, the first signal raises :class:`TrainingInterrupted` at once: for in-memory
+    work that writes nothing and can be abandoned anywhere (the exception still unwinds through
+    ``fmlab.core.io``'s atomic writers, which remove their temporary files).
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
-        self.signals = signals
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,), immediate: bool = False):
+        self.signals, self.immediate = signals, immediate
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -265,6 +268,8 @@ class GracefulStop:
         if self.received is not None:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
         self.received = signal.Signals(signum).name
+        if self.immediate:
+            raise TrainingInterrupted(f"stopped by {self.received}", self.received)
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():

@@ -12,11 +12,14 @@
   pooled output; nothing is downloaded.
 
 Encoders that learn (``fit``) keep their parameters as arrays (``state()``/``from_state``) so a
-prior can carry them in its ``.npz``.
+prior can carry them in its ``.npz``. A fit is short and in memory, so it has no checkpoint: a
+SIGTERM during it raises :class:`fmlab.core.train.TrainingInterrupted` (a ``KeyboardInterrupt``)
+at once, leaves the encoder unfitted and has written nothing.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmlab.core.train import GracefulStop, TrainingInterrupted
 from fmlab.rdd.prior import RDDError
 
 __all__ = [
@@ -138,6 +142,26 @@ def _run(net: _ConvNet, frames: np.ndarray) -> np.ndarray:
     )
 
 
+def _abandon_on_sigterm(fit):
+    """A SIGTERM during ``fit`` abandons it at once: the net is dropped (never half-fitted) and
+    :class:`TrainingInterrupted` says that nothing was written."""
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        try:
+            with GracefulStop(immediate=True):
+                return fit(self, *args, **kwargs)
+        except TrainingInterrupted as e:
+            self.net = None
+            raise TrainingInterrupted(
+                f"rdd {self.name} encoder fit stopped by {e.signal_name}; nothing was written "
+                "(the fit is in memory); rerun the same command",
+                e.signal_name,
+            ) from None
+
+    return wrapper
+
+
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Brightness and pixel-noise augmentation, so a learned encoder does not key on lighting."""
     scale = 1 + 0.15 * (torch.rand(len(x), 1, 1, 1, generator=g) - 0.5)
@@ -173,6 +197,7 @@ class TCNEncoder(_CNNEncoder):
         self.dim, self.steps, self.batch, self.window, self.lr = dim, steps, batch, window, lr
         self.net: _ConvNet | None = None
 
+    @_abandon_on_sigterm
     def fit(self, demos, seed: int = 0, log=None) -> TCNEncoder:
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
@@ -223,6 +248,7 @@ class StateCNN(_CNNEncoder):
         self.steps, self.batch, self.lr = steps, batch, lr
         self.net: _ConvNet | None = None
 
+    @_abandon_on_sigterm
     def fit(self, demos, seed: int = 0, targets=None, log=None) -> StateCNN:
         """``targets[i]``: the (N_i x T) per-frame state of ``demos[i]``."""
         if targets is None or len(targets) != len(demos):
