@@ -27,6 +27,7 @@ __all__ = [
     "Timer",
     "bar_plot",
     "delta_text",
+    "doc_pages",
     "env_info",
     "format_interval",
     "interval_lines",
@@ -356,13 +357,28 @@ README_END = "<!-- results:end -->"
 
 
 def _records(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    out = []
+    """Every record under ``results_dir``: each ``*.json`` outside hidden files and folders
+    (memos and partial files live there). One that is truncated or not a record is an error
+    naming the file, never silently left out."""
+    out, problems = [], []
     for p in sorted(results_dir.rglob("*.json")):
+        if any(part.startswith(".") for part in p.relative_to(results_dir).parts):
+            continue
         try:
             out.append((p, load_record(p)))
-        except ValueError:
-            continue
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise ValueError(
+            "invalid result records (regenerate each with its bench, or restore it with "
+            "`git checkout -- FILE`):\n  " + "\n  ".join(problems)
+        )
     return out
+
+
+def doc_pages(results_dir: str | os.PathLike) -> list[Path]:
+    """The method pages beside a results directory (``docs/*.md`` for ``docs/results``)."""
+    return sorted(Path(results_dir).resolve().parent.glob("*.md"))
 
 
 def render_results_table(results_dir: str | os.PathLike, base: str | os.PathLike = ".") -> str:
@@ -383,8 +399,9 @@ def render_results_table(results_dir: str | os.PathLike, base: str | os.PathLike
             if any(k in m for k in keys)
         )
         rel = os.path.relpath(p, base)
-        doc = f"docs/{d['method']}.md"
-        method = f"[{d['method']}]({doc})" if (Path(base) / doc).is_file() else d["method"]
+        doc = root.resolve().parent / f"{d['method']}.md"  # docs/<method>.md beside docs/results
+        link = os.path.relpath(doc, Path(base).resolve())
+        method = f"[{d['method']}]({link})" if doc.is_file() else d["method"]
         lines.append(f"| {method} | [{p.stem}]({rel}) | {ours} | {bases or '—'} |")
     return "\n".join(lines)
 
