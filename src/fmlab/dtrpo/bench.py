@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.io import Memo, atomic_write_json, read_json
 from fmlab.core.results import ResultRecord, Timer, mean_std, peak_rss_mb, write_record
 from fmlab.core.train import TrainConfig
@@ -86,7 +87,7 @@ def _work(out: Path) -> Path:
     return w
 
 
-def reference(cfg: BenchConfig, work: Path, log: Callable[[str], None] = print) -> DLLM:
+def reference(cfg: BenchConfig, work: Path, log: Callable[[str], None] = log_stderr) -> DLLM:
     """The SFT reference (trained once, then loaded)."""
     from fmlab.dtrpo.data import build_tokenizer
     from fmlab.dtrpo.train import evaluate, pretrain
@@ -288,7 +289,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
-def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = print) -> list[Path]:
+def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = log_stderr) -> list[Path]:
     """Run every stage (resuming finished ones); write estimators.json and training.json."""
     out = Path(out)
     work = _work(out)
@@ -528,7 +529,7 @@ def run_sweep(
     cfg: BenchConfig,
     out: str | Path,
     grid: tuple[tuple[float, float], ...] = SWEEP_GRID,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_stderr,
 ) -> Path:
     """The (lr, β) sweep of the dtrpo arm that chose the bench's setting, on a validation
     split (50 items per task, disjoint from the test split), seed-0 pairs; writes sweep.json."""

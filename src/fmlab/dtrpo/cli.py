@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
 from fmlab.core.cliutil import log as _log
 
 app = typer.Typer(
@@ -182,7 +182,7 @@ def eval_cmd(
 
 @app.command()
 def bench(
-    out: Path = typer.Option(Path("docs/results/dtrpo"), help="where the records go"),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(False, help="a small, fast configuration (smoke test)"),
     sweep: bool = typer.Option(False, help="run the validation (lr, β) sweep instead"),
 ) -> None:
@@ -191,6 +191,7 @@ def bench(
     from fmlab.dtrpo.bench import BenchConfig, run, run_sweep
 
     cfg = BenchConfig.quick() if quick else BenchConfig()
+    out = bench_out("dtrpo", out, quick)
     if sweep:
         typer.echo(str(run_sweep(cfg, out, log=_log)))
         return

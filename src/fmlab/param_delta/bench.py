@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.data import (
     Document,
     encode_chat_sft,
@@ -372,7 +373,7 @@ def _seed_cache(resume_dir: Path, cfg: TransferConfig, seed: int) -> Path:
 def run_transfer(
     out_dir: str | Path,
     cfg: TransferConfig | None = None,
-    log=print,
+    log=log_stderr,
     resume_dir: str | Path | None = None,
 ) -> ResultRecord:
     """Run every seed, write ``transfer.json`` and plots under ``out_dir``; return the record.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
 
 app = typer.Typer(
     help="ParamΔ: Θ'_base + α·(Θ_post − Θ_base), streamed over HF checkpoints.",
@@ -130,9 +130,7 @@ def diagnose_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    out: Path = typer.Option(
-        Path("docs/results/param_delta"), help="where transfer.json and plots go"
-    ),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(
         False, help="one seed, tiny budgets (about a minute; claims nothing)"
     ),
@@ -145,6 +143,7 @@ def bench_cmd(
     from fmlab.param_delta.bench import TransferConfig, run_transfer
 
     cfg = TransferConfig.quick() if quick else TransferConfig(seeds=tuple(range(seeds)))
+    out = bench_out("param_delta", out, quick)
     rec = run_transfer(out, cfg, resume_dir=resume_dir)
     m = rec.metrics
     typer.echo(
@@ -156,9 +155,7 @@ def bench_cmd(
 
 @app.command("speed-bench")
 def speed_bench_cmd(
-    out: Path = typer.Option(
-        Path("docs/results/param_delta"), help="where speed.json and plots go"
-    ),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     inputs: str = typer.Option(
         "smollm2,random-1b,random-1.6b", help="comma-separated: smollm2, random-1b, random-1.6b"
     ),
@@ -169,6 +166,7 @@ def speed_bench_cmd(
     """Time and peak memory against mergekit task_arithmetic (needs the bench extra: make setup)."""
     from fmlab.param_delta.speed import run_speed
 
+    out = bench_out("param_delta", out)
     rec = run_speed(
         out, tuple(x.strip() for x in inputs.split(",") if x.strip()), str(work) if work else None
     )

@@ -269,6 +269,7 @@ def _iter_outputs(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     bar = None
     if progress:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -283,6 +284,7 @@ def _iter_outputs(
             MofNCompleteColumn(),
             TextColumn("{task.description}"),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout carries results only
         )
         task = bar.add_task("", total=len(p.entries))
         bar.start()

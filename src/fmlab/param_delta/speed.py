@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fmlab.core.checkpoint import TensorSource, TensorSpec, write_sharded
+from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.models import llama_config
 from fmlab.core.results import ResultRecord, Timer, bar_plot, write_record
 
@@ -281,7 +282,7 @@ def run_speed(
     out_dir: str | Path,
     kinds: tuple[str, ...] = ("smollm2", "random-1b", "random-1.6b"),
     work: str | None = None,
-    log=print,
+    log=log_stderr,
 ) -> ResultRecord:
     """Run the speed/memory comparison for each input kind; write ``speed.json`` + plot."""
     out = Path(out_dir)

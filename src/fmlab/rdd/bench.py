@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.results import (
     ResultRecord,
     Timer,
@@ -253,7 +254,7 @@ def _agg(per_seed: list, path: list[str]) -> dict:
     return {m: mean_std([r[m] for r in rows]) for m in rows[0]}
 
 
-def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) -> ResultRecord:
+def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=log_stderr) -> ResultRecord:
     cfg = cfg or ArenaConfig()
     out = Path(out_dir)
     with Timer() as t:
@@ -371,7 +372,7 @@ def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=print) ->
 
 
 def run_scaling(
-    out_dir: str | Path, ns=(100, 300, 1000, 3000, 10000), repeats: int = 3, log=print
+    out_dir: str | Path, ns=(100, 300, 1000, 3000, 10000), repeats: int = 3, log=log_stderr
 ) -> ResultRecord:
     """Segmentation seconds vs demo length N (state features of a long arena demo)."""
     out = Path(out_dir)

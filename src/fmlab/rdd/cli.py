@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
+from fmlab.core.io import read_npz
 
 app = typer.Typer(
     help="RDD: cut demonstrations into sub-tasks that match the policy's training data.",
@@ -30,10 +31,9 @@ def _load_demo(path: Path) -> dict:
     if not path.is_file():
         raise RDDError(f"{path}: no such demo file")
     try:
-        z = np.load(path, allow_pickle=False)
-        d = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise RDDError(f"{path}: not a readable .npz demo ({e})") from e
+        d = read_npz(path, "an .npz demo", "write demos with `fmlab rdd make-demos` or np.savez")
+    except ValueError as e:
+        raise RDDError(str(e)) from e
     if "features" not in d and "frames" not in d:
         raise RDDError(f"{path}: a demo needs 'features' (N x D) or 'frames' (N x H x W x 3)")
     return d
@@ -195,9 +195,7 @@ def make_demos(
 
 @app.command("bench")
 def bench(
-    out: Path = typer.Option(
-        Path("docs/results/rdd"), help="where arena.json, scaling.json and plots go"
-    ),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(
         False, help="one seed, small sets (about 20 s): runs, claims nothing"
     ),
@@ -209,6 +207,7 @@ def bench(
     from fmlab.rdd.bench import ArenaConfig, run_arena, run_scaling, with_overrides
 
     cfg = ArenaConfig.quick() if quick else ArenaConfig()
+    out = bench_out("rdd", out, quick)
     if (seeds is not None and seeds < 1) or first_seed < 0:
         fail("--seeds must be >= 1 and --first-seed >= 0")
     n = seeds or len(cfg.seeds)

@@ -23,9 +23,9 @@ from typing import Literal
 
 import numpy as np
 
-from fmlab.core.io import atomic_path
+from fmlab.core.io import atomic_path, read_npz
 
-__all__ = ["INDEXES", "METRICS", "MODES", "Prior", "RDDError", "check_features"]
+__all__ = ["INDEXES", "METRICS", "MODES", "Prior", "RDDError", "RDDWarning", "check_features"]
 
 Mode = Literal["default", "ood"]
 MODES = ("default", "ood")
@@ -38,6 +38,10 @@ _CHUNK = 4_000_000  # elements of a (intervals x keys) distance block
 
 class RDDError(ValueError):
     """Bad input to RDD, with what is wrong and how to fix it."""
+
+
+class RDDWarning(UserWarning):
+    """Input RDD accepts but that probably is not what was meant (it says why and what to do)."""
 
 
 def check_features(x, what: str, dim: int | None = None) -> np.ndarray:
@@ -161,11 +165,14 @@ class Prior:
 
     @classmethod
     def load(cls, path: str | Path, index: str = "exact") -> Prior:
+        """Load a prior written by :meth:`save`; a missing, truncated or foreign file raises
+        :class:`RDDError` naming it and the fix."""
         path = Path(path)
         if not path.is_file():
             raise RDDError(f"{path}: no such prior file; build one with `fmlab rdd build-prior`")
         try:
-            z = np.load(path, allow_pickle=False)
+            z = read_npz(path, "an RDD prior", "rebuild it with `fmlab rdd build-prior`")
+            z = _NpzView(z)
             need = {"keys", "durations", "labels", "dim", "mode"}
             if missing := need - set(z.files):
                 raise RDDError(f"{path}: not an RDD prior (missing {sorted(missing)})")
@@ -177,9 +184,10 @@ class Prior:
         except (OSError, ValueError) as e:
             if isinstance(e, RDDError):
                 raise
-            raise RDDError(
-                f"{path}: unreadable prior ({e}); rebuild it with `fmlab rdd build-prior`"
-            ) from e
+            msg = str(e)
+            if "build-prior" not in msg:
+                msg = f"{path}: unreadable prior ({e}); rebuild it with `fmlab rdd build-prior`"
+            raise RDDError(msg) from e
 
     # -- retrieval ----------------------------------------------------------------------------
     def search(self, features: np.ndarray, starts: np.ndarray, ends: np.ndarray):
@@ -295,3 +303,12 @@ def naive_distance(prior: Prior, features: np.ndarray, s: int, e: int) -> tuple[
         if d < best:
             best, arg = d, j
     return best, arg
+
+
+class _NpzView(dict):
+    """The arrays of an .npz read by :func:`fmlab.core.io.read_npz`, with ``np.load``'s
+    ``.files`` so the loader reads the same either way."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
 from fmlab.core.cliutil import log as _log
 
 app = typer.Typer(
@@ -218,7 +218,7 @@ def eval_cmd(
 
 @app.command()
 def bench(
-    out: Path = typer.Option(Path("docs/results/rsparse"), help="directory for the records"),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(False, help="a few-minute run that claims nothing"),
     speed_only: bool = typer.Option(False, help="only the decode/prefill speed record"),
     quality_only: bool = typer.Option(False, help="only the perplexity record"),
@@ -229,26 +229,14 @@ def bench(
 
     if speed_only and quality_only:
         fail("--speed-only and --quality-only exclude each other")
+    out = bench_out("rsparse", out, quick)
     if not speed_only:
         cfg = QualityConfig.quick() if quick else QualityConfig()
-        rec = run_quality(out, cfg, recipes_dir=None if quick else _recipes_dir(), log=_log)
+        # searched recipes go beside the record, never into the installed package
+        rec = run_quality(out, cfg, recipes_dir=None if quick else out / "recipes", log=_log)
         typer.echo(
             f"quality: ppl@50 {rec.metrics.get('ppl@50')} (dense {rec.metrics['dense_ppl']:.3f})"
         )
     if not quality_only:
         rec = run_speed(out, repeats=repeats, log=_log)
         typer.echo(f"speed: decode x{rec.metrics['decode_speedup_vs_dense']:.2f} vs dense")
-
-
-def _recipes_dir() -> Path | None:
-    from fmlab.rsparse.bench import RECIPES_DIR
-
-    try:  # an installed, read-only package keeps its shipped recipes
-        RECIPES_DIR.mkdir(parents=True, exist_ok=True)
-        probe = RECIPES_DIR / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-        return RECIPES_DIR
-    except OSError:
-        _log(f"note: {RECIPES_DIR} is not writable; searched recipes are kept only in the record")
-        return None

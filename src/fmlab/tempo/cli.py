@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
 from fmlab.core.cliutil import log as _log
 
 app = typer.Typer(
@@ -195,7 +195,7 @@ def train(
 
 @app.command()
 def bench(
-    out: Path = typer.Option(Path("docs/results/tempo"), help="directory for the record"),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(False, help="a ~10-second run that claims nothing"),
     seeds: int = typer.Option(3, help="seeds (each trains its own stacks)"),
     arms: str = typer.Option("", help="comma-separated arms (default: all)"),
@@ -207,6 +207,7 @@ def bench(
     from fmlab.tempo.pipeline import ARMS
 
     cfg = BenchConfig.quick() if quick else BenchConfig(seeds=tuple(range(seeds)))
+    out = bench_out("tempo", out, quick)
     if arms:
         chosen = tuple(a.strip() for a in arms.split(","))
         bad = [a for a in chosen if a not in ARMS]
