@@ -66,3 +66,25 @@ def analyze_cmd(
         + (f" and {len(written['plots'])} plots in {plots}" if plots else "")
         + f" in {rep['wall_s']:.1f} s"
     )
+
+
+@app.command("measure-memory")
+def measure_memory_cmd(
+    out: Path = typer.Option(
+        Path("docs/results/rlvr_geometry"), help="where analyze_memory.json goes"
+    ),
+    work: Path = typer.Option(None, help="scratch directory for the modified copy (~0.6 GB)"),
+) -> None:
+    """Peak RSS and time of `analyze` on the bundled SmolLM2 vs a modified copy (subprocess)."""
+    from fmlab.core.cliutil import log
+    from fmlab.rlvr_geometry.memory import measure_memory
+
+    try:
+        rec = measure_memory(out, work=str(work) if work else None, log=log)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        fail(str(e))
+    m = rec.metrics
+    typer.echo(
+        f"analyze: peak RSS {m['peak_rss_mb']:.0f} MiB for a {m['model_size_mb']:.0f} MiB model "
+        f"({m['rss_over_model_size']:.2f}x), {m['wall_s']:.0f} s; wrote {out / 'analyze_memory.json'}"
+    )
