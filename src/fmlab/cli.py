@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -18,8 +20,28 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click.exceptions import ClickException
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop: unwinds like Ctrl-C, so every atomic writer in
+    ``fmlab.core.io`` removes its temporary file on the way out."""
+
+    exit_code = 143
+
+    def __str__(self) -> str:
+        return "stopped by SIGTERM (no partial output was kept)"
+
+
+_INTERRUPTED: list[KeyboardInterrupt] = []  # typer turns these into exit 130 and drops them
+
+
 class _LazyMethods(TyperGroup):
     """Mounts each registered method's Typer app only when it is listed or invoked."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:  # keep its message and exit code for main()
+            _INTERRUPTED.append(e)
+            raise
 
     def list_commands(self, ctx):
         return [*super().list_commands(ctx), *(m.name for m in METHODS)]
@@ -246,6 +268,8 @@ def main() -> None:
     # (lazily, so commands that never build a model skip its ~2 s import).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     debug = os.environ.get("FMLAB_DEBUG", "") not in ("", "0")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # training loops install their own meanwhile
     try:
         rc = app(standalone_mode=False)
     except typer.Exit as e:
@@ -253,9 +277,12 @@ def main() -> None:
     except ClickException as e:  # usage errors: click's own message, exit 2
         e.show()
         raise SystemExit(e.exit_code) from None
-    except (KeyboardInterrupt, typer.Abort):
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except (KeyboardInterrupt, typer.Abort) as e:
+        print(
+            str(e) if isinstance(e, KeyboardInterrupt) and str(e) else "interrupted",
+            file=sys.stderr,
+        )
+        raise SystemExit(getattr(e, "exit_code", 130)) from None
     except _USER_ERRORS as e:
         if debug:
             raise
@@ -270,8 +297,16 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(1) from None
+    if _INTERRUPTED:  # a signal or Ctrl-C: say what was kept and exit 143 / 130
+        e = _INTERRUPTED[-1]
+        print(str(e) or "interrupted", file=sys.stderr)
+        raise SystemExit(getattr(e, "exit_code", 130))
     if isinstance(rc, int) and rc:
         raise SystemExit(rc)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _message(e: BaseException) -> str:

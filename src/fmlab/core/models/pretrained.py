@@ -204,6 +204,14 @@ def _materialize_bundled(spec: BundledModel) -> Path:
             file=sys.stderr,
             flush=True,
         )
+    with atomic_dir(target, overwrite=True) as tmp:
+        _dequantize_into(spec, tmp)
+        _write_manifest(tmp)
+    return target
+
+
+def _dequantize_into(spec: BundledModel, directory: Path) -> None:
+    """Dequantize the bundled GGUF through transformers and save it (float32) in ``directory``."""
     gguf = spec.gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -216,11 +224,8 @@ def _materialize_bundled(spec: BundledModel) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(target, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        _write_manifest(tmp)
-    return target
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
