@@ -107,8 +107,9 @@ def test_cli_build_prior_segment_and_errors(tmp_path):
                          str(tmp_path / "bad.json")])  # fmt: skip
     assert res.exit_code == 2 and "dimension 5 does not match the prior's 32" in res.output
     assert not (tmp_path / "bad.json").exists()
-    res = r.invoke(app, ["rdd", "build-prior", str(demo), "--out", str(tmp_path / "q.npz")])
-    assert res.exit_code == 2 and "--encoder" in res.output and not (tmp_path / "q.npz").exists()
+    res = r.invoke(app, ["rdd", "build-prior", str(bad), "--out", str(tmp_path / "q.npz")])
+    assert res.exit_code == 2 and "needs its sub-tasks" in res.output
+    assert not (tmp_path / "q.npz").exists()
 
 
 def test_exact_and_faiss_indexes_give_the_same_segmentation():

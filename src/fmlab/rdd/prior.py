@@ -137,6 +137,17 @@ class Prior:
                 )
             keys.append(_interval_key(a, 0, len(a), mode, motion))
             durs.append(len(a))
+        if len(clips) == 1 or len(set(map(str, labels))) == 1:
+            import warnings
+
+            what = "one clip" if len(clips) == 1 else f"{len(clips)} clips of one label"
+            warnings.warn(
+                f"the prior holds {what} ({labels[0]!r}): every segment retrieves it, so the "
+                "labels say nothing and the cuts follow its duration alone; add labelled demos "
+                "of the other sub-tasks",
+                RDDWarning,
+                stacklevel=2,
+            )
         return cls(np.stack(keys), np.array(durs), np.array(labels, dtype=str), dim, mode, metric,
                    index, encoder, motion=motion)  # fmt: skip
 

@@ -15,17 +15,19 @@ with every candidate's retrieval done in one batched search before the (cheap) r
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import warnings
 from itertools import pairwise
 
 import numpy as np
 
-from fmlab.rdd.prior import Prior, RDDError, check_features
+from fmlab.rdd.prior import Prior, RDDError, RDDWarning, check_features
+from fmlab.rdd.segmentation import Segmentation
+from fmlab.rdd.uvd import uvd_segment
 
 __all__ = [
     "Segmentation",
     "brute_force_segment",
+    "default_max_len",
     "interval_scores",
     "random_segment",
     "segment",
@@ -33,48 +35,21 @@ __all__ = [
 ]
 
 
-@dataclass
-class Segmentation:
-    """Segments [start, end) covering [0, N) in order, with per-segment label and score."""
-
-    boundaries: list[tuple[int, int]]
-    labels: list[str] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    method: str = "rdd"
-
-    def __post_init__(self):
-        self.boundaries = [(int(s), int(e)) for s, e in self.boundaries]
-        pos = 0
-        for s, e in self.boundaries:
-            if s != pos or e <= s:
-                raise RDDError(f"segments must tile [0, N) in order; got {self.boundaries}")
-            pos = e
-
-    @property
-    def n_frames(self) -> int:
-        return self.boundaries[-1][1] if self.boundaries else 0
-
-    @property
-    def total(self) -> float:
-        return float(sum(self.scores))
-
-    def __len__(self) -> int:
-        return len(self.boundaries)
-
-    def cuts(self) -> list[int]:
-        """Internal boundaries: the start frame of every segment but the first."""
-        return [s for s, _ in self.boundaries[1:]]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_cuts(cls, cuts, n: int, method: str, labels=None) -> Segmentation:
-        edges = [0, *sorted(int(c) for c in cuts), n]
-        return cls(list(pairwise(edges)), list(labels or []), [], method)
+def default_max_len(prior: Prior, min_len: int = 2) -> int:
+    """Twice the prior's longest interval (at least ``min_len``): room for a sub-task done
+    slower than any prior example, without the fixed 100 frames that cut longer ones in half."""
+    return max(min_len, 2 * int(prior.durations.max()))
 
 
 def _check_lengths(n: int, min_len: int, max_len: int, prior: Prior) -> None:
+    if max_len < int(prior.durations.max()):
+        warnings.warn(
+            f"max_len={max_len} is shorter than the prior's longest interval "
+            f"({int(prior.durations.max())} frames): such sub-tasks will be cut in pieces; "
+            "leave max_len unset (it defaults to twice that) or raise it",
+            RDDWarning,
+            stacklevel=3,
+        )
     if min_len < 1:
         raise RDDError(f"min_len must be >= 1, got {min_len}")
     if prior.motion and min_len < 2:
@@ -87,8 +62,6 @@ def _check_lengths(n: int, min_len: int, max_len: int, prior: Prior) -> None:
 
 def _uvd_starts(features: np.ndarray, uvd_kwargs: dict | None) -> np.ndarray:
     """s_UVD(e) for e = 1..N: the start of the UVD segment holding frame e - 1 (index e)."""
-    from fmlab.rdd.uvd import uvd_segment
-
     seg = uvd_segment(features, **(uvd_kwargs or {}))
     starts = np.zeros(len(features) + 1, dtype=np.int64)
     for s, e in seg.boundaries:
@@ -126,15 +99,18 @@ def segment(
     alpha: float | None = None,
     beta: float = 0.0,
     min_len: int = 2,
-    max_len: int = 100,
+    max_len: int | None = None,
     uvd_kwargs: dict | None = None,
 ) -> Segmentation:
     """The partition of an (N x D) demo maximising the summed interval scores (exact DP).
 
     ``alpha`` defaults to 1 in "default" mode and 0 in "ood" mode; ``beta > 0`` runs UVD on
-    the demo (``uvd_kwargs``) for the s_UVD term."""
+    the demo (``uvd_kwargs``) for the s_UVD term; ``max_len`` defaults to twice the prior's
+    longest interval (:func:`default_max_len`)."""
     f = check_features(features, "demo", prior.dim)
     n = len(f)
+    if max_len is None:
+        max_len = default_max_len(prior, min_len)
     _check_lengths(n, min_len, max_len, prior)
     alpha = _resolve_alpha(alpha, prior)
     hi = min(max_len, n)
@@ -186,7 +162,7 @@ def label_segments(features, prior: Prior, seg: Segmentation, alpha=None) -> Seg
 
 def brute_force_segment(
     features, prior: Prior, alpha: float | None = None, beta: float = 0.0, min_len: int = 2,
-    max_len: int = 100, uvd_kwargs: dict | None = None,
+    max_len: int | None = None, uvd_kwargs: dict | None = None,
 ) -> tuple[float, list[tuple[int, int]]]:  # fmt: skip
     """Best total score and partition by enumerating every partition (small N; for tests).
 
@@ -196,6 +172,8 @@ def brute_force_segment(
 
     f = check_features(features, "demo", prior.dim)
     n = len(f)
+    if max_len is None:
+        max_len = default_max_len(prior, min_len)
     _check_lengths(n, min_len, max_len, prior)
     alpha = _resolve_alpha(alpha, prior)
     uvd = _uvd_starts(f, uvd_kwargs) if beta else None

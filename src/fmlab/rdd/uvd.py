@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from fmlab.rdd.prior import RDDError, check_features
+from fmlab.rdd.segmentation import Segmentation
 
 __all__ = ["kernel_smooth", "uvd_segment"]
 
@@ -33,8 +34,6 @@ def kernel_smooth(y: np.ndarray, gamma: float) -> np.ndarray:
 
 def uvd_segment(features, min_interval: int = 18, gamma: float = 0.08):
     """UVD's segmentation of an (N x D) demo (no prior needed)."""
-    from fmlab.rdd.segment import Segmentation
-
     f = check_features(features, "demo")
     if min_interval < 1:
         raise RDDError(f"min_interval must be >= 1, got {min_interval}")
