@@ -135,3 +135,13 @@ def test_memo_resumes_only_under_the_same_settings(tmp_path):
         assert Memo(path, None).resumed == 0  # an unreadable file starts afresh ...
     assert path.with_name("memo.json.corrupt").read_text() == "{broken"  # ... but is kept
     assert not path.exists()
+
+
+def test_atomic_dir_recovers_from_a_kill_between_the_two_renames(tmp_path):
+    final = tmp_path / "ckpt"
+    (tmp_path / ".ckpt.old").mkdir()  # what a kill after `final -> .old` leaves behind
+    (tmp_path / ".ckpt.old" / "w.bin").write_text("last good")
+    with atomic_dir(final, overwrite=True) as tmp:
+        assert (final / "w.bin").read_text() == "last good"  # restored before anything else
+        (tmp / "w.bin").write_text("new")
+    assert (final / "w.bin").read_text() == "new" and os.listdir(tmp_path) == ["ckpt"]

@@ -235,6 +235,9 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     unless ``overwrite`` is set, in which case it is replaced only after success.
     """
     final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir() and not final.exists():  # killed between the two renames of a swap
+        os.replace(old, final)
     if final.exists() and not overwrite:
         raise FileExistsError(
             f"{final} already exists; choose another output path or remove it first "
@@ -246,7 +249,6 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         _apply_umask(tmp, directory=True)
         yield tmp
         if final.exists():  # overwrite=True: swap in after success only
-            old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)

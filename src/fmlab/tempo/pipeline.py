@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmlab.core.cliutil import log as log_stderr
 from fmlab.tempo.allocate import allocate, truncate
 from fmlab.tempo.model import Compressor, FrameEncoder, GlobalModel, TempoConfig, Vocab
 from fmlab.tempo.synth import COLOURS, FAMILIES, SynthVideo, make_video
@@ -291,7 +292,7 @@ def train_stack(
     out: str | Path | None,
     cfg: TrainConfig = TrainConfig(),
     model_cfg: TempoConfig | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_stderr,
     compressor: str | Path | None = None,
     freeze_backbone: bool = False,
 ) -> Stack:
