@@ -7,10 +7,39 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_status() -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_leave_the_tree_unchanged():
+    """In CI (a clean clone that nothing else writes to) the whole suite, quick benches and
+    demo included, must leave the working tree as it found it: nothing written into docs/ or
+    the package. Locally other work may change the tree meanwhile, so the check runs in CI."""
+    if not os.environ.get("CI") or not (ROOT / ".git").exists():
+        yield
+        return
+    before = _tree_status()
+    yield
+    after = _tree_status()
+    assert after == before, f"the test run changed the working tree:\n{after}"
 
 
 @pytest.fixture(scope="session")
