@@ -1,0 +1,30 @@
+"""STEM: the FFN up-projection replaced by a per-layer token-indexed embedding table.
+
+``import fmlab.stem`` registers ``StemConfig`` / ``StemForCausalLM`` with the transformers Auto
+classes (``model_type="fmlab_stem"``). See docs/stem.md.
+"""
+
+from fmlab.stem.accounting import flops_per_token, param_counts
+from fmlab.stem.model import (
+    StemConfig,
+    StemError,
+    StemForCausalLM,
+    StemMLP,
+    StemModel,
+    build_stem,
+    stem_config,
+    stem_mlps,
+)
+
+__all__ = [
+    "StemConfig",
+    "StemError",
+    "StemForCausalLM",
+    "StemMLP",
+    "StemModel",
+    "build_stem",
+    "flops_per_token",
+    "param_counts",
+    "stem_config",
+    "stem_mlps",
+]
