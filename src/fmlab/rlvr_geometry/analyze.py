@@ -403,12 +403,30 @@ def _check_finite(block: torch.Tensor, name: str, label: str) -> None:
         )
 
 
-def _tsqr(r: torch.Tensor | None, a0: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
-    """One streamed QR step: R of [[R_prev], [a0, da]] (float64)."""
-    block = torch.cat([a0, da], dim=1)
-    if r is not None:
-        block = torch.cat([r, block], dim=0)
-    return torch.linalg.qr(block, mode="r").R
+class _TSQR:
+    """R of ``[A₀, ΔA]`` (p × 2q, float64) accumulated block by block of rows.
+
+    One preallocated buffer holds the previous R on top and the next block of rows below it;
+    ΔA is formed in place there, so a step allocates only what the QR itself needs."""
+
+    def __init__(self, q: int, rows: int):
+        self.q = q
+        self.buf = torch.empty(2 * q + rows, 2 * q, dtype=torch.float64)
+        self.top = 0  # rows of R currently at the top of the buffer
+
+    def update(self, w0: torch.Tensor, w1: torch.Tensor) -> None:
+        """Add the rows ``w0`` (of A₀) and ``w1`` (of A₊), ``(b, q)`` each, any float dtype."""
+        b, q, t = w0.shape[0], self.q, self.top
+        blk = self.buf[t : t + b]
+        blk[:, :q].copy_(w0)
+        blk[:, q:].copy_(w1).sub_(blk[:, :q])  # ΔA, exact in float64
+        r = torch.linalg.qr(self.buf[: t + b], mode="r").R  # (min(t + b, 2q), 2q)
+        self.top = r.shape[0]
+        self.buf[: self.top].copy_(r)
+
+    @property
+    def r(self) -> torch.Tensor:
+        return self.buf[: self.top]
 
 
 def _analyze_item(
@@ -422,24 +440,25 @@ def _analyze_item(
     readers += [_Reader(c, k, it, rows) for c, k in zip(ckpts, it.keys, strict=True)]
     nc = len(ckpts)
     labels = ["base", *p.labels]
-    rs: list[torch.Tensor | None] = [None] * nc
+    rs = [_TSQR(q, rows) for _ in range(nc)]
     changed, changed_exact = [0] * nc, [0] * nc
     inter = [[0] * nc for _ in range(nc)]
     for blocks in zip(*(r.blocks() for r in readers), strict=True):  # pass 1
         for b, lab in zip(blocks, labels, strict=True):
             _check_finite(b, it.name, lab)
-        w0, a0 = blocks[0], blocks[0].double()
+        w0 = blocks[0]
         masks = []
         for i, w1 in enumerate(blocks[1:]):
             mask = bf16_changed(w0, w1)
             masks.append(mask)
             changed[i] += int(mask.sum())
             changed_exact[i] += int(exact_changed(w0, w1).sum())
-            rs[i] = _tsqr(rs[i], a0, w1.double() - a0)
+            rs[i].update(w0, w1)
         for i in range(nc):
             for j in range(i + 1, nc):
                 inter[i][j] += int((masks[i] & masks[j]).sum())
-    specs = [spectral_metrics(r, q, it.shape, transposed, p.ks, p.k0) for r in rs]
+    specs = [spectral_metrics(r.r, q, it.shape, transposed, p.ks, p.k0) for r in rs]
+    del rs
     v = specs[0][1]  # top-k0 right singular vectors of A0 (the base's; same for every i)
     alphas = (p.alpha, *p.alphas)
     counts = [select_count(m * n, a) for a in alphas]
