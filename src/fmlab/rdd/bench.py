@@ -1,21 +1,23 @@
-"""RDD reproduction on the seeded arena: RDD vs UVD vs uniform (oracle K) vs random, per split
-and encoder, with ablations, a plan-execution success proxy, and segmentation-time scaling.
+"""RDD reproduction on the seeded arena, built on :mod:`fmlab.core.experiment`.
 
-Per seed: training demos (the policy's data: ``prior_demos`` per task, every task) fit the
-encoders and give the prior its labelled clips, as the paper builds its prior from 3 demos per
-task; UVD's two parameters are tuned on the same training demos
-(grid, best mean mIoU), so both methods see the same data. ``state-cnn`` is pretrained on a
-separate corpus of arena demos (the ``pretrain`` split), as the paper's encoders are pretrained
-elsewhere. Two RDD arms: ``rdd`` with the paper's keys, and ``rdd-motion`` whose keys also carry
-the endpoints' velocities, with the weight chosen per seed and encoder by leave-one-demo-out on
-the training demos (the grid includes 0, the paper's keys). Test demos come from three splits
-(standard, adversarial, ood). Non-RDD arms label their segments by the same prior retrieval,
-and every arm's plan — (label, state at the segment's last frame) per segment — is executed
-from the demo's first state; success = the demo's final state reached.
+Arms (one registry, ``METHODS`` x encoders): RDD with the paper's keys plus an optional motion weight, UVD,
+uniform with the oracle K and random, each on a frame encoder. The default visual encoder is
+the frozen ImageNet EfficientNet-Lite0 (:mod:`fmlab.core.vision`; the paper uses LIV);
+``state-cnn`` (a CNN trained on arena frames to read the simulator's state) is kept as an arm
+that is supervised on the arena itself, and labelled so.
+
+Design and test are apart: every hyper-parameter of every arm (RDD's alpha and motion weight,
+UVD's min_interval and gamma, uniform and random have none) is chosen by :func:`tune` with the
+same budget on the training demos of the dev seeds (RDD leave-one-demo-out), grids widened while
+the best point is on an edge. The test seeds (fresh: never looked at while designing; the old
+record's seeds 0-9 all were) are opened once, after tuning. Per test seed the prior is built
+from that seed's training demos and every arm segments that seed's test demos (standard,
+adversarial, ood). RDD against UVD and uniform: paired per-seed and per-demo intervals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,121 +25,128 @@ from pathlib import Path
 import numpy as np
 
 from fmlab.core.cliutil import log as log_stderr
-from fmlab.core.results import (
-    ResultRecord,
-    Timer,
-    bar_plot,
-    line_plot,
-    mean_std,
-    peak_rss_mb,
-    write_record,
-)
+from fmlab.core.experiment import Splits, compare, format_delta, record_fields, run_arms, tune
+from fmlab.core.io import Memo
+from fmlab.core.results import ResultRecord, Timer, bar_plot, line_plot, peak_rss_mb, write_record
 from fmlab.rdd import arena
-from fmlab.rdd.encoders import PixelPCA, StateCNN, TCNEncoder
+from fmlab.rdd.encoders import PixelPCA, PretrainedImageEncoder, StateCNN, TCNEncoder
 from fmlab.rdd.metrics import evaluate
 from fmlab.rdd.plots import plot_timeline
 from fmlab.rdd.prior import Prior
 from fmlab.rdd.segment import Segmentation, label_segments, random_segment, segment, uniform_segment
 from fmlab.rdd.uvd import uvd_segment
 
-__all__ = ["ArenaConfig", "quick", "run_arena", "run_scaling"]
+__all__ = ["METHODS", "ArenaConfig", "arm_names", "quick", "run_arena", "run_scaling"]
 
 CLAIM = (
     "Cutting a demonstration where its intervals best match labelled sub-task intervals of the "
-    "policy's training data (RDD, exact DP) recovers sub-task boundaries better than UVD and "
-    "uniform cutting."
+    "policy's training data (RDD, exact DP) recovers sub-task boundaries better than fully "
+    "tuned UVD and uniform cutting with the oracle K, with a pretrained image encoder."
 )
 METRICS = ("miou", "boundary_f1", "official_iou", "k_error", "policy_success")
-ARMS = ("rdd", "rdd-motion", "uvd", "uniform", "random")
-HEADLINE_ARM = "rdd-motion"
+# method -> its tuning grid (one point: nothing to tune)
+METHODS = {
+    "rdd": {"alpha": [0.25, 1.0, 4.0], "motion": [0.0, 2.0, 8.0]},
+    "uvd": {"min_interval": [4, 8, 16], "gamma": [0.02, 0.1, 0.5]},
+    "uniform": {"k": ["oracle"]},
+    "random": {"k": ["oracle"]},
+}
+ENCODER_NOTES = {
+    "efficientnet-lite0": "frozen ImageNet EfficientNet-Lite0 (the default; the paper uses LIV)",
+    "state-cnn": "a CNN supervised on arena frames to read the simulator state (arena-specific)",
+    "pixels-pca": "PCA of 16x16 pixels fitted on the seed's training demos",
+    "tcn": "a time-contrastive CNN trained on the seed's training demos (no labels)",
+    "state": "the true simulator state (a ceiling)",
+}
 
 
 @dataclass(frozen=True)
 class ArenaConfig:
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    dev_seeds: tuple[int, ...] = (0, 1)  # designed and tuned on
+    seeds: tuple[int, ...] = (100, 101, 102, 103, 104)  # test seeds, fresh
+    seen_in_design: tuple[int, ...] = tuple(range(10))  # the old record's seeds, all looked at
     prior_demos: int = 3  # training demos per task
     n_test: int = 5  # test demos per task and split
     splits: tuple[str, ...] = ("standard", "adversarial", "ood")
-    encoders: tuple[str, ...] = ("state-cnn", "tcn", "pixels-pca", "state")
-    headline_encoder: str = "state-cnn"
-    pretrain_per_task: int = 20  # state-cnn's pretraining corpus: demos per task
+    encoders: tuple[str, ...] = ("efficientnet-lite0", "state-cnn")
+    headline_encoder: str = "efficientnet-lite0"
+    image_size: int = 64  # EfficientNet input side for the 32 x 32 arena frames (speed)
+    pretrain_per_task: int = 20  # state-cnn's corpus (the pretrain split), demos per task
     state_cnn_steps: int = 1500
-    motion_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0)
-    alpha: float = 1.0
-    beta: float = 0.0
-    min_len: int = 2
-    max_len: int = 100
-    tol: int = 3
     tcn_steps: int = 300
-    ablate_alpha: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
-    ablate_beta: tuple[float, ...] = (0.0, 0.5, 2.0)
-    ablate_prior: tuple[int, ...] = (1, 2, 3)  # prior demos per task
-    uvd_min_interval: tuple[int, ...] = (3, 5, 8, 12, 18)
-    uvd_gamma: tuple[float, ...] = (0.02, 0.08, 0.3, 1.0, 3.0)
+    budget: int = 9  # grid points per tuned arm, the same for every arm
+    min_len: int = 2
+    tol: int = 3
 
     @classmethod
     def quick(cls) -> ArenaConfig:
-        return cls(seeds=(0,), prior_demos=2, n_test=1, encoders=("state-cnn",), tcn_steps=60,
-                   pretrain_per_task=2, state_cnn_steps=60, motion_grid=(0.0, 5.0),
-                   ablate_alpha=(), ablate_beta=(), ablate_prior=(),
-                   uvd_min_interval=(5, 12), uvd_gamma=(0.08,))  # fmt: skip
+        return cls(dev_seeds=(0,), seeds=(100,), prior_demos=1, n_test=1,
+                   encoders=("efficientnet-lite0",), image_size=32, budget=4,
+                   pretrain_per_task=2, state_cnn_steps=60, tcn_steps=60)  # fmt: skip
 
 
-def _encode(name: str, train, seed: int, cfg: ArenaConfig):
-    """Features of an episode under encoder ``name``, fitted on ``train`` (state-cnn: on its
-    own pretraining corpus)."""
-    if name == "state":
-        return lambda ep: arena.state_features(ep.states)
-    if name == "state-cnn":
-        corpus = arena.make_split(seed, "pretrain", cfg.pretrain_per_task)
-        enc = StateCNN(steps=cfg.state_cnn_steps)
-        enc.fit(
-            [ep.frames for ep in corpus], seed, [arena.state_features(ep.states) for ep in corpus]
-        )
-    else:
+def arm_names(cfg: ArenaConfig) -> list[str]:
+    return [f"{m}/{e}" for e in cfg.encoders for m in METHODS]
+
+
+def make_splits(seed: int, tune_seeds, eval_seeds, prior_demos: int, n_test: int, splits):
+    """The one function owning the bench's demos: ``val`` = the dev seeds' training demos
+    (tuning), ``test`` = every test seed's test demos (sealed). A test seed's own training demos
+    (its prior) are made by ``arena.make_split(seed, "train", ...)`` in :func:`run_arena`."""
+    del seed
+    val = [(s, ep) for s in tune_seeds for ep in arena.make_split(s, "train", prior_demos)]
+    test = [(s, ep) for s in eval_seeds for sp in splits for ep in arena.make_split(s, sp, n_test)]
+    return {"val": val, "test": test}
+
+
+class _Features:
+    """Per (seed, encoder): the fitted encoder's features of an episode, computed once."""
+
+    def __init__(self, cfg: ArenaConfig, log):
+        self.cfg, self.log, self.enc, self.cache = cfg, log, {}, {}
+
+    def _fit(self, seed: int, name: str):
+        cfg = self.cfg
+        if name == "state":
+            return None
+        if name == "efficientnet-lite0":
+            return PretrainedImageEncoder(cfg.image_size)
+        if name == "state-cnn":
+            corpus = arena.make_split(seed, "pretrain", cfg.pretrain_per_task)
+            return StateCNN(steps=cfg.state_cnn_steps).fit(
+                [e.frames for e in corpus], seed, [arena.state_features(e.states) for e in corpus],
+                log=self.log,
+            )  # fmt: skip
         enc = PixelPCA() if name == "pixels-pca" else TCNEncoder(steps=cfg.tcn_steps)
-        enc.fit([ep.frames for ep in train], seed=seed)
-    return lambda ep: enc.encode(ep.frames)
+        return enc.fit([e.frames for e in arena.make_split(seed, "train", cfg.prior_demos)], seed)
+
+    def __call__(self, seed: int, name: str, ep) -> np.ndarray:
+        key = (seed, name, hashlib.sha1(ep.frames).digest())  # not id(): episodes are remade
+        if key not in self.cache:
+            if (seed, name) not in self.enc:
+                t0 = time.perf_counter()
+                self.enc[(seed, name)] = self._fit(seed, name)
+                self.log(f"seed {seed}: {name} ready in {time.perf_counter() - t0:.1f} s")
+            enc = self.enc[(seed, name)]
+            self.cache[key] = (arena.state_features(ep.states) if enc is None
+                               else enc.encode(ep.frames))  # fmt: skip
+        return self.cache[key]
 
 
-def _prior(train, feats, mode="default", motion: float = 0.0) -> Prior:
-    """Every labelled interval of the training demos."""
-    clips, labels = [], []
-    for ep in train:
-        for label, sl in ep.clips():
-            clips.append(feats[id(ep)][sl])
-            labels.append(label)
-    return Prior.from_clips(clips, labels, mode=mode, motion=motion)
+def _prior(train, feats, motion: float = 0.0) -> Prior:
+    clips = [(lab, feats(ep)[sl]) for ep in train for lab, sl in ep.clips()]
+    return Prior.from_clips([c for _, c in clips], [lab for lab, _ in clips], motion=motion)
 
 
-def _tune_motion(train, feats, cfg: ArenaConfig) -> float:
-    """The motion weight with the best leave-one-demo-out mIoU on the training demos (each
-    held-out demo segmented against a prior of the others); ties go to the smaller weight."""
-    best, arg = -1.0, 0.0
-    for w in cfg.motion_grid:
-        scores = []
-        for i, ep in enumerate(train):
-            prior = _prior([t for j, t in enumerate(train) if j != i], feats, motion=w)
-            seg = segment(feats[id(ep)], prior, cfg.alpha, 0.0, cfg.min_len, cfg.max_len)
-            scores.append(evaluate(seg.boundaries, ep.boundaries)["miou"])
-        if np.mean(scores) > best + 1e-12:
-            best, arg = float(np.mean(scores)), float(w)
-    return arg
-
-
-def _tune_uvd(train, feats, cfg: ArenaConfig) -> dict:
-    best, arg = -1.0, None
-    for mi in cfg.uvd_min_interval:
-        for g in cfg.uvd_gamma:
-            m = np.mean(
-                [
-                    evaluate(uvd_segment(feats[id(ep)], mi, g).boundaries, ep.boundaries)["miou"]
-                    for ep in train
-                ]
-            )
-            if m > best:
-                best, arg = m, {"min_interval": mi, "gamma": g}
-    return arg
+def _segment(method: str, p: dict, f, ep, prior: Prior | None, rng, cfg) -> Segmentation:
+    k = len(ep.boundaries)
+    if method == "rdd":
+        return segment(f, prior, p["alpha"], 0.0, cfg.min_len)
+    if method == "uvd":
+        return uvd_segment(f, int(p["min_interval"]), float(p["gamma"]))
+    if method == "uniform":
+        return uniform_segment(len(f), k)
+    return random_segment(len(f), k, rng)
 
 
 def _score(ep, seg: Segmentation, prior: Prior, f, tol: int) -> dict:
@@ -149,222 +158,117 @@ def _score(ep, seg: Segmentation, prior: Prior, f, tol: int) -> dict:
     return m
 
 
-def _mean_score(eps, feats, prior: Prior, alpha, beta, uvd_p, cfg: ArenaConfig) -> dict:
-    """Every metric of RDD with ``prior``, averaged over ``eps``."""
-    kw = dict(min_len=cfg.min_len, max_len=cfg.max_len, uvd_kwargs=uvd_p)
-    return _mean([
-        _score(ep, segment(feats[id(ep)], prior, alpha, beta, **kw), prior, feats[id(ep)], cfg.tol)
-        for ep in eps
-    ])  # fmt: skip
-
-
-def _mean(rows: list[dict]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
-def _run_seed(seed: int, cfg: ArenaConfig, log) -> dict:
-    rng = np.random.default_rng(seed)
-    train = arena.make_split(seed, "train", cfg.prior_demos)
-    tests = {sp: arena.make_split(seed, sp, cfg.n_test) for sp in cfg.splits}
-    out: dict = {"main": {}, "ablations": {}, "uvd_params": {}, "motion": {}}
-    for enc_name in cfg.encoders:
-        t0 = time.perf_counter()
-        enc = _encode(enc_name, train, seed, cfg)
-        feats = {id(ep): enc(ep) for ep in [*train, *(e for sp in tests.values() for e in sp)]}
-        log(f"seed {seed}: {enc_name} features in {time.perf_counter() - t0:.1f} s")
-        prior = _prior(train, feats)
-        prior_ood = _prior(train, feats, "ood")
-        uvd_p = _tune_uvd(train, feats, cfg)
-        out["uvd_params"][enc_name] = uvd_p
-        w = _tune_motion(train, feats, cfg)
-        out["motion"][enc_name] = w
-        prior_m = _prior(train, feats, motion=w)
-        log(f"seed {seed}: {enc_name} motion weight {w} (leave-one-demo-out on training demos)")
-        kw = dict(min_len=cfg.min_len, max_len=cfg.max_len)
-
-        for sp, eps in tests.items():
-            rows: dict[str, list] = {}
-            for ep in eps:
-                f, k = feats[id(ep)], len(ep.boundaries)
-                segs = {
-                    "rdd": segment(f, prior, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
-                    "rdd-motion": segment(f, prior_m, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
-                    "rdd-ood-mode": segment(f, prior_ood, None, 0.0, **kw),
-                    "uvd": uvd_segment(f, **uvd_p),
-                    "uniform": uniform_segment(len(f), k),
-                    "random": random_segment(len(f), k, rng),
-                }
-                priors = {"rdd-ood-mode": prior_ood, "rdd-motion": prior_m}
-                for arm, seg in segs.items():
-                    rows.setdefault(arm, []).append(
-                        _score(ep, seg, priors.get(arm, prior), f, cfg.tol)
-                    )
-                    if enc_name == cfg.headline_encoder and arm in ("rdd-motion", "uvd", "uniform"):
-                        by_task = out.setdefault("by_task", {}).setdefault(sp, {})
-                        by_task.setdefault(ep.tags[0], {}).setdefault(arm, []).append(
-                            rows[arm][-1]["miou"]
-                        )
-            out["main"].setdefault(sp, {})[enc_name] = {a: _mean(r) for a, r in rows.items()}
-        if enc_name != cfg.headline_encoder:
-            continue
-        if seed == cfg.seeds[0]:  # one demo's segmentations for the timeline plot
-            ep = tests.get("adversarial", next(iter(tests.values())))[0]
-            f = feats[id(ep)]
-            out["timeline"] = (
-                f"one {ep.split} demo ({ep.tags[0]}), {enc_name} features",
-                {
-                    "true": Segmentation(ep.boundaries, ep.labels, method="true"),
-                    "RDD+motion": segment(f, prior_m, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
-                    "RDD": segment(f, prior, cfg.alpha, cfg.beta, uvd_kwargs=uvd_p, **kw),
-                    "UVD": label_segments(f, prior, uvd_segment(f, **uvd_p)),
-                    "uniform": label_segments(
-                        f, prior, uniform_segment(len(f), len(ep.boundaries))
-                    ),
-                },
-            )
-        # ablations of the headline arm (rdd-motion, this seed's weight), one knob at a time
-        ab = out["ablations"]
-        eps = tests["standard"] + tests.get("adversarial", [])
-
-        ctx = (eps, feats)
-        for a in cfg.ablate_alpha:
-            ab.setdefault("alpha", {})[str(a)] = _mean_score(*ctx, prior_m, a, 0.0, uvd_p, cfg)
-        for b in cfg.ablate_beta:
-            ab.setdefault("beta", {})[str(b)] = _mean_score(*ctx, prior_m, cfg.alpha, b, uvd_p, cfg)
-        for mw in cfg.motion_grid:
-            pm = _prior(train, feats, motion=mw)
-            ab.setdefault("motion", {})[str(mw)] = _mean_score(*ctx, pm, cfg.alpha, 0.0, uvd_p, cfg)
-        for n in cfg.ablate_prior:
-            p = _prior([ep for i, ep in enumerate(train) if i % cfg.prior_demos < n], feats,
-                       motion=w)  # fmt: skip
-            ab.setdefault("prior_demos", {})[str(n)] = _mean_score(
-                *ctx, p, cfg.alpha, 0.0, uvd_p, cfg
-            )
-            ab["prior_demos"][str(n)]["prior_size"] = float(len(p))
-    return out
-
-
-def _agg(per_seed: list, path: list[str]) -> dict:
-    """mean_std over seeds of every metric at ``path`` of each seed's dict."""
-    rows = []
-    for s in per_seed:
-        for k in path:
-            s = s[k]
-        rows.append(s)
-    return {m: mean_std([r[m] for r in rows]) for m in rows[0]}
+def _val_score(arm: str, p: dict, val, feats: _Features, cfg: ArenaConfig) -> float:
+    """Mean mIoU on the dev seeds' training demos; RDD leave-one-demo-out (each demo against
+    a prior of the others of its seed)."""
+    method, enc = arm.split("/")
+    scores, rng = [], np.random.default_rng(0)
+    for s, ep in val:
+        f = feats(s, enc, ep)
+        prior = None
+        if method == "rdd":
+            others = [e for t, e in val if t == s and e is not ep]
+            prior = _prior(others, lambda e, s=s: feats(s, enc, e), p["motion"])
+        seg = _segment(method, p, f, ep, prior, rng, cfg)
+        scores.append(evaluate(seg.boundaries, ep.boundaries)["miou"])
+    return float(np.mean(scores))
 
 
 def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=log_stderr) -> ResultRecord:
     cfg = cfg or ArenaConfig()
     out = Path(out_dir)
+    splits = Splits.build(make_splits, seed=0, key=lambda it: it[1].frames,
+                          dev_seeds=cfg.dev_seeds, test_seeds=cfg.seeds,
+                          tune_seeds=cfg.dev_seeds, eval_seeds=cfg.seeds,
+                          prior_demos=cfg.prior_demos, n_test=cfg.n_test, splits=cfg.splits)  # fmt: skip
+    splits.declare_seen(*cfg.seen_in_design)
+    feats = _Features(cfg, log)
+    arms = arm_names(cfg)
+    grid = {a: METHODS[a.split("/")[0]] for a in arms}
     with Timer() as t:
-        per_seed = [_run_seed(s, cfg, log) for s in cfg.seeds]
-    first = per_seed[0]["main"]
-    main = {
-        sp: {
-            enc: {arm: _agg(per_seed, ["main", sp, enc, arm]) for arm in first[sp][enc]}
-            for enc in first[sp]
-        }
-        for sp in first
-    }
-    ablations = {
-        name: {v: _agg(per_seed, ["ablations", name, v]) for v in vals}
-        for name, vals in per_seed[0]["ablations"].items()
-    }
-    head = main["standard"][cfg.headline_encoder]
-    metrics = {k: head[HEADLINE_ARM][k] for k in METRICS}
-    metrics["by_split"] = main
-    metrics["ablations"] = ablations
-    metrics["uvd_params"] = [s["uvd_params"] for s in per_seed]
-    metrics["motion_weights"] = [s["motion"] for s in per_seed]
-    # mIoU per task (headline encoder): where RDD wins and loses within a split
-    metrics["miou_by_task"] = {
-        sp: {
-            task: {
-                arm: mean_std([float(np.mean(s["by_task"][sp][task][arm])) for s in per_seed])
-                for arm in arms
-            }
-            for task, arms in tasks.items()
-        }
-        for sp, tasks in per_seed[0].get("by_task", {}).items()
-    }
-    metrics["peak_rss_mb"] = peak_rss_mb()
-    # per-split summary the README and docs can show: RDD minus each baseline, by split and encoder
-    for arm in ("rdd", HEADLINE_ARM):
-        for base in ("uvd", "uniform"):
-            metrics[f"{arm}_minus_{base}_miou"] = {
-                sp: {
-                    enc: main[sp][enc][arm]["miou"]["mean"] - main[sp][enc][base]["miou"]["mean"]
-                    for enc in main[sp]
-                }
-                for sp in main
-            }
-    baselines = {
-        ("rdd-paper-keys" if arm == "rdd" else arm): {k: head[arm][k] for k in METRICS}
-        for arm in ("rdd", "uvd", "uniform", "random")
-    }
+        tuning = tune(arms, grid, lambda a, p, val: _val_score(a, p, val, feats, cfg),
+                      val=splits["val"], budget=cfg.budget)  # fmt: skip
+        splits.open_test()
+        test = splits["test"]
+        by_seed = {s: [ep for t_, ep in test if t_ == s] for s in splits.test_seeds}
+
+        def run(arm: str, p: dict, seed: int) -> dict:
+            method, enc = arm.split("/")
+            fs = lambda ep: feats(seed, enc, ep)  # noqa: E731
+            prior = _prior(arena.make_split(seed, "train", cfg.prior_demos), fs,
+                           p.get("motion", 0.0) if method == "rdd" else 0.0)  # fmt: skip
+            rng, res = np.random.default_rng(seed), {}
+            for sp in cfg.splits:
+                eps = [ep for ep in by_seed[seed] if ep.split == sp]
+                rows = [_score(ep, _segment(method, p, fs(ep), ep, prior, rng, cfg), prior,
+                               fs(ep), cfg.tol) for ep in eps]  # fmt: skip
+                for m in METRICS:
+                    res[f"{sp}/{m}"] = float(np.mean([r[m] for r in rows]))
+                for m in ("miou", "boundary_f1"):
+                    res[f"{sp}/per_demo_{m}"] = [r[m] for r in rows]
+            return res
+
+        memo = Memo(out / ".memo" / "arena.json", key={"cfg": asdict(cfg), "chosen": tuning.chosen})
+        runs = run_arms(tuning.chosen, list(splits.test_seeds), run, memo, log=log)
+    summary = runs.summary()
+    head = cfg.headline_encoder
+    ours = f"rdd/{head}"
+    intervals = [
+        compare(runs, ours, f"{base}/{enc_b}", f"{sp}/{m}", items=f"{sp}/per_demo_{m}",
+                headline=sp == "standard" and base == "uvd")
+        for sp in cfg.splits for base, enc_b in (("uvd", head), ("uniform", head))
+        for m in ("miou", "boundary_f1")
+    ]  # fmt: skip
+    std = {a: {m: summary[a][f"standard/{m}"] for m in METRICS} for a in arms}
+    metrics = {**std[ours], "by_arm": summary, "tuning_chosen": tuning.chosen,
+               "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    baselines = {(a.replace(f"/{head}", "") if a.endswith(f"/{head}") else
+                  a + (" (supervised on the arena)" if "state-cnn" in a else "")): std[a]
+                 for a in arms if a != ours}  # fmt: skip
     plots = []
-    for metric in ("miou", "boundary_f1"):
-        name = f"arena_{metric}.png"
-        vals, errs = {}, {}
-        for sp in main:
-            for arm in ARMS:
-                v = main[sp][cfg.headline_encoder][arm][metric]
-                vals[f"{sp[:4]} {arm}"], errs[f"{sp[:4]} {arm}"] = v["mean"], v["std"]
-        bar_plot(
-            out / name,
-            vals,
-            metric,
-            f"{metric} per split and arm ({cfg.headline_encoder} encoder)",
-            errs,
+    for m in ("miou", "boundary_f1"):
+        vals = {f"{sp[:4]} {a}": summary[a][f"{sp}/{m}"]["mean"] for sp in cfg.splits for a in arms}
+        errs = {f"{sp[:4]} {a}": summary[a][f"{sp}/{m}"]["std"] for sp in cfg.splits for a in arms}
+        bar_plot(out / f"arena_{m}.png", vals, m, f"{m} per split and arm (test seeds)", errs)
+        plots.append(f"arena_{m}.png")
+    ep = next(e for e in by_seed[cfg.seeds[0]] if e.split == cfg.splits[-1])
+    fs = lambda e: feats(cfg.seeds[0], head, e)  # noqa: E731
+    prior = _prior(arena.make_split(cfg.seeds[0], "train", cfg.prior_demos), fs,
+                   tuning.chosen[ours]["motion"])  # fmt: skip
+    rows = {"true": Segmentation(ep.boundaries, ep.labels, method="true")}
+    for a in (ours, f"uvd/{head}", f"uniform/{head}"):
+        seg = _segment(a.split("/")[0], tuning.chosen[a], fs(ep), ep, prior, None, cfg)
+        rows[a.split("/")[0].upper()] = (
+            label_segments(fs(ep), prior, seg) if not seg.labels else seg
         )
-        plots.append(name)
-    for knob, grid, label in (("alpha", cfg.ablate_alpha, "alpha (duration weight)"),
-                              ("motion", cfg.motion_grid, "motion weight (0 = the paper's keys)")):  # fmt: skip
-        if knob in ablations and len(grid) > 1:
-            line_plot(out / f"arena_{knob}.png", [float(a) for a in grid],
-                      {m: [ablations[knob][str(a)][m]["mean"] for a in grid] for m in ("miou", "boundary_f1")},
-                      label, "score", f"RDD ablation: {knob} (standard + adversarial, {cfg.headline_encoder})")  # fmt: skip
-            plots.append(f"arena_{knob}.png")
-    title, rows = per_seed[0]["timeline"]
-    plot_timeline(out / "arena_timeline.png", rows, title)
+    plot_timeline(out / "arena_timeline.png", rows, f"one {ep.split} demo ({ep.tags[0]}), {head}")
     plots.append("arena_timeline.png")
-
-    def cell(v: dict) -> str:
-        return f"{v['mean']:.3f} ± {v['std']:.3f}"
-
-    table = [
-        f"{sp} / {enc}: mIoU | boundary F1 | success — "
-        + "; ".join(
-            f"{arm} {cell(main[sp][enc][arm]['miou'])} | {cell(main[sp][enc][arm]['boundary_f1'])}"
-            f" | {main[sp][enc][arm]['policy_success']['mean']:.2f}"
-            for arm in ("rdd", HEADLINE_ARM, "uvd", "uniform")
-        )
-        for sp in main
-        for enc in main[sp]
-    ] + [
-        f"{sp} split, {cfg.headline_encoder}, mIoU per task (rdd-motion | uvd | uniform): "
-        + "; ".join(
-            f"{task} {v['rdd-motion']['mean']:.2f} | {v['uvd']['mean']:.2f} | {v['uniform']['mean']:.2f}"
-            for task, v in tasks.items()
-        )
-        for sp, tasks in metrics["miou_by_task"].items()
-    ]
     rec = ResultRecord(
         method="rdd",
         claim=CLAIM,
-        setup={**asdict(cfg), "command": "fmlab rdd bench"},
+        setup={
+            **asdict(cfg),
+            "arms": arms,
+            "grids": grid,
+            "command": "fmlab rdd bench",
+            "encoders_meaning": {e: ENCODER_NOTES[e] for e in cfg.encoders},
+        },
         metrics=metrics,
         baselines=baselines,
         plots=plots,
         headline=["miou", "boundary_f1", "policy_success"],
         notes=[
-            f"Headline row: {HEADLINE_ARM} (keys with endpoint velocities, weight chosen per seed and encoder by leave-one-demo-out on the training demos; metrics.motion_weights) on the standard split with the {cfg.headline_encoder} encoder; rdd-paper-keys is the paper's keys; every split and encoder is in metrics.by_split.",
-            "state-cnn: a CNN pretrained to read the simulator state from pixels on a separate corpus (the pretrain split, standard scenes only), our stand-in for the paper's pretrained encoders; state: the true state (a ceiling).",
-            "UVD's min_interval and gamma are tuned per seed and encoder on the training demos (metrics.uvd_params).",
-            "official_iou is the official code's precision-style score (missed true segments cost nothing); miou is Hungarian-matched and symmetric.",
-            *table,
+            f"Headline: {ours} on the standard split of the test seeds {list(cfg.seeds)}; every "
+            "split and arm is in metrics.by_arm.",
+            f"Every arm tuned with the same budget ({cfg.budget} grid points, widened on an edge) "
+            f"on the training demos of dev seeds {list(cfg.dev_seeds)}; see tuning.",
+            "state-cnn arms are supervised on arena frames (they read the simulator state), so "
+            "they are an arena-specific reference, not a general encoder.",
+            "Skills all ease in and out in this arena, so every boundary is at rest; skills "
+            "that do not end at rest are not in the arena yet.",
+            *[f"{p.a} − {p.b} ({p.metric}): {format_delta(p)}" for p in intervals],
         ],
+        **record_fields(splits, tuning, intervals),
     )
     rec.wall_s = t.s
     write_record(rec, out / "arena.json")

@@ -260,8 +260,10 @@ def bench(
     quick: bool = typer.Option(
         False, help="one seed, small sets (about 20 s): runs, claims nothing"
     ),
-    seeds: int = typer.Option(None, help="number of seeds (default 5)"),
-    first_seed: int = typer.Option(0, help="seeds run from here (a replication on fresh seeds)"),
+    seeds: int = typer.Option(None, help="number of test seeds (default 5)"),
+    first_seed: int = typer.Option(
+        100, help="test seeds run from here; they must not meet the dev seeds (0, 1) or 0-9"
+    ),
     scaling: bool = typer.Option(True, help="also time segmentation for N = 100 .. 10,000"),
 ) -> None:
     """The arena reproduction (RDD vs UVD vs uniform vs random) and the scaling record."""
@@ -273,6 +275,8 @@ def bench(
         fail("--seeds must be >= 1 and --first-seed >= 0")
     n = seeds or len(cfg.seeds)
     cfg = with_overrides(cfg, seeds=tuple(range(first_seed, first_seed + n)))
+    if seen := sorted(set(cfg.seeds) & {*cfg.dev_seeds, *cfg.seen_in_design}):
+        fail(f"test seeds {seen} were looked at while designing; choose --first-seed >= 10")
     rec = run_arena(out, cfg)
     m, b = rec.metrics, rec.baselines
     typer.echo(
