@@ -118,7 +118,9 @@ def test_prior_warnings_and_max_len_default(planted, tmp_path):
     with pytest.warns(RDDWarning, match="one clip"):
         one = Prior.from_clips([f[:10]], ["a"])
     over = tmp_path / "over.npz"
-    np.savez(over, features=f, boundaries=np.array([[0, 12], [10, 22]]), labels=np.array(["a", "b"]))
+    np.savez(
+        over, features=f, boundaries=np.array([[0, 12], [10, 22]]), labels=np.array(["a", "b"])
+    )
     res = _cli("build-prior", over, "--out", tmp_path / "p.npz")
     assert res.exit_code == 0 and "warning:" in res.output and "overlap" in res.output
     # max_len defaults to twice the prior's longest interval: 60-frame sub-tasks stay whole
