@@ -66,6 +66,7 @@ __all__ = [
     "BlockSampler",
     "CheckpointTimer",
     "GracefulStop",
+    "OptimizerSet",
     "TensorSampler",
     "TrainConfig",
     "TrainResult",
@@ -490,12 +491,71 @@ def _progress(enabled: bool, total: int, start: int):
     return p
 
 
+class OptimizerSet:
+    """One or more optimizers stepped together by :func:`train`.
+
+    ``param_groups`` lists every optimizer's groups (the schedule sets ``lr`` on each);
+    :meth:`clip` clips each optimizer's parameters separately to the same max-norm and returns
+    the total pre-clip norm. A single optimizer's ``state_dict`` is its own (the checkpoint
+    format of a one-optimizer run is unchanged); several are saved as ``{"optimizers": [...]}``.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        if not optimizers:
+            raise ValueError("optimizers() returned no optimizer; return at least one")
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def clip(self, model: torch.nn.Module, max_norm: float) -> float:
+        """Clip gradients (0 disables) and return the total norm before clipping."""
+        if max_norm <= 0:
+            return float("nan")
+        if len(self.optimizers) == 1:
+            return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        norms = [
+            float(
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in o.param_groups for p in g["params"]], max_norm
+                )
+            )
+            for o in self.optimizers
+        ]
+        return math.sqrt(sum(n * n for n in norms))
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        if len(self.optimizers) == 1:
+            return self.optimizers[0].state_dict()
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state.get("optimizers", [state]) if isinstance(state, dict) else [state]
+        if len(states) != len(self.optimizers):
+            raise CheckpointError(
+                f"the checkpoint holds {len(states)} optimizer state(s) but this run builds "
+                f"{len(self.optimizers)}; resume with the same optimizers or use a new output "
+                "directory"
+            )
+        for o, st in zip(self.optimizers, states, strict=True):
+            o.load_state_dict(st)
+
+
 @dataclass
 class _Run:
     """The state of one :func:`train` call that the loop and the checkpoint writer share."""
 
     model: torch.nn.Module
-    opt: torch.optim.Optimizer
+    opt: OptimizerSet
     cfg: TrainConfig
     out: Path | None
     rank: int
@@ -555,11 +615,7 @@ def _one_step(run: _Run, wrapped, data: BatchSource, loss_fn, lr: float, dev) ->
         loss.backward()
         total += float(loss.detach())
         tokens += batch["input_ids"].numel() * run.world
-    gnorm = (
-        float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
-        if cfg.grad_clip > 0
-        else float("nan")
-    )
+    gnorm = opt.clip(run.model, cfg.grad_clip)
     run.updating = True
     opt.step()
     run.step += 1
@@ -579,6 +635,7 @@ def train(
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     resume: bool = True,
     stop_at: int | None = None,
+    optimizers: Callable[[torch.nn.Module, TrainConfig], list[torch.optim.Optimizer]] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` optimizer steps.
 
@@ -595,6 +652,11 @@ def train(
         eval_fn: extra evaluation ``eval_fn(model) -> {name: value}`` run with validation.
         stop_at: stop after this step with a checkpoint, as if interrupted (for tests and for
             splitting long jobs); ``train`` can then be called again to resume.
+        optimizers: ``optimizers(model, cfg) -> [optimizer, ...]`` replaces the default single
+            AdamW over ``model.parameters()`` (e.g. a second optimizer for embedding tables).
+            Every optimizer gets the schedule's learning rate each step, each is clipped
+            separately to ``cfg.grad_clip`` over its own parameters, and all their states go
+            into the checkpoint (see :class:`OptimizerSet`).
 
     A SIGTERM (main thread only) finishes the current step, checkpoints and returns with
     ``interrupted=True`` and ``stop_reason="SIGTERM"``; a caller that would go on using the
@@ -602,8 +664,14 @@ def train(
     """
     started_dist = _maybe_init_dist()
     rank, world = _dist_info()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    opt = OptimizerSet(
+        optimizers(model, cfg)
+        if optimizers is not None
+        else [
+            torch.optim.AdamW(
+                model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+            )
+        ]
     )
     run = _Run(model, opt, cfg, Path(out_dir) if out_dir is not None else None, rank, world)
     history = _prepare_out(run, resume)
