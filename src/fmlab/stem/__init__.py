@@ -15,8 +15,10 @@ from fmlab.stem.model import (
     stem_config,
     stem_mlps,
 )
+from fmlab.stem.train import RowSparseAdamW, stem_optimizers, train_stem
 
 __all__ = [
+    "RowSparseAdamW",
     "StemConfig",
     "StemError",
     "StemForCausalLM",
@@ -27,4 +29,6 @@ __all__ = [
     "param_counts",
     "stem_config",
     "stem_mlps",
+    "stem_optimizers",
+    "train_stem",
 ]
