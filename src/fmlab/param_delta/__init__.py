@@ -6,17 +6,25 @@
 from fmlab.param_delta.delta import (
     DeltaPlan,
     ParamDeltaError,
-    diagnose,
+    Term,
+    merge_state_dicts,
+    merge_terms,
     param_delta,
     param_delta_state_dict,
     plan,
+    plan_terms,
 )
+from fmlab.param_delta.diagnose import diagnose
 
 __all__ = [
     "DeltaPlan",
     "ParamDeltaError",
+    "Term",
     "diagnose",
+    "merge_state_dicts",
+    "merge_terms",
     "param_delta",
     "param_delta_state_dict",
     "plan",
+    "plan_terms",
 ]

@@ -45,7 +45,8 @@ from fmlab.core.io import atomic_write_json, read_json
 from fmlab.core.models import build_model, train_bpe_tokenizer
 from fmlab.core.results import ResultRecord, Timer, line_plot, mean_std, peak_rss_mb, write_record
 from fmlab.core.train import BlockSampler, TensorSampler, TrainConfig, train
-from fmlab.param_delta.delta import diagnose, param_delta
+from fmlab.param_delta.delta import param_delta
+from fmlab.param_delta.diagnose import diagnose
 
 __all__ = ["TransferConfig", "quick", "run_transfer"]
 

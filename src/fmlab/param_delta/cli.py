@@ -35,6 +35,19 @@ def merge(
     hash_inputs: bool = typer.Option(
         True, "--hash/--no-hash", help="SHA-256 of every input file in the manifest"
     ),
+    tokenizer_policy: str = typer.Option(
+        "error", help="error | allow: what to do when the inputs' tokenizers differ"
+    ),
+    tokenizer_from: str = typer.Option(
+        "new-base", help="new-base | post: where the output's tokenizer files come from"
+    ),
+    chat_template_from: str = typer.Option(
+        "post",
+        help="post | new-base: where the chat template and generation_config.json come from",
+    ),
+    check_finite: bool = typer.Option(
+        True, "--check-finite/--no-check-finite", help="refuse NaN/Inf in any input tensor"
+    ),
 ) -> None:
     """Merge: write Θ'_base + α·(Θ_post − Θ_base) to --out (or run a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -64,7 +77,11 @@ def merge(
             allow_pickle=allow_pickle,
             dry_run=dry_run,
             hash_inputs=hash_inputs,
-            progress=not dry_run,
+            progress=True,
+            tokenizer_policy=tokenizer_policy,
+            tokenizer_from=tokenizer_from,
+            chat_template_from=chat_template_from,
+            check_finite=check_finite,
         )
     except (ParamDeltaError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
         fail(str(e))
@@ -94,7 +111,7 @@ def diagnose_cmd(
     from fmlab.param_delta import ParamDeltaError, diagnose
 
     try:
-        rows = diagnose(post, base, new_base, allow_pickle=allow_pickle)
+        rows = diagnose(post, base, new_base, allow_pickle=allow_pickle, progress=True)
     except (ParamDeltaError, CheckpointError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     if json_out is not None:
