@@ -48,9 +48,15 @@ def merge(
     check_finite: bool = typer.Option(
         True, "--check-finite/--no-check-finite", help="refuse NaN/Inf in any input tensor"
     ),
+    recipe: Path = typer.Option(
+        None, help="a YAML/JSON recipe of several deltas (see merge-recipe); replaces the inputs"
+    ),
 ) -> None:
     """Merge: write Θ'_base + α·(Θ_post − Θ_base) to --out (or run a subcommand)."""
     if ctx.invoked_subcommand is not None:
+        return
+    if recipe is not None:
+        _run_recipe(recipe, out, dry_run, hash_inputs)
         return
     missing = [
         f"--{n.replace('_', '-')}"
@@ -92,6 +98,39 @@ def merge(
         typer.echo(f"dry run OK: {m['tensors']} tensors, {size_mb:.1f} MiB would be written")
     else:
         typer.echo(f"wrote {out}: {m['tensors']} tensors, {size_mb:.1f} MiB in {m['wall_s']:.1f} s")
+
+
+def _run_recipe(recipe: Path, out: Path | None, dry_run: bool, hash_inputs: bool) -> None:
+    from fmlab.core.io import CheckpointError
+    from fmlab.param_delta import ParamDeltaError
+    from fmlab.param_delta.recipe import run_recipe
+
+    try:
+        m = run_recipe(recipe, out, dry_run=dry_run, progress=True, hash_inputs=hash_inputs)
+    except (ParamDeltaError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        fail(str(e))
+    for note in m["notes"]:
+        typer.echo(f"note: {note}")
+    n, size_mb = m["tensors"], m["output_bytes"] / 2**20
+    k = len(m["recipe"]["deltas"])
+    if dry_run:
+        typer.echo(f"dry run OK: {k} deltas, {n} tensors, {size_mb:.1f} MiB would be written")
+    else:
+        where = out or m["recipe"]["out"]
+        typer.echo(
+            f"wrote {where}: {k} deltas, {n} tensors, {size_mb:.1f} MiB in {m['wall_s']:.1f} s"
+        )
+
+
+@app.command("merge-recipe")
+def merge_recipe_cmd(
+    recipe: Path = typer.Argument(..., help="recipe .yaml/.yml/.json: new_base, deltas, out, ..."),
+    out: Path = typer.Option(None, help="output directory (overrides the recipe's out)"),
+    dry_run: bool = typer.Option(False, help="validate and scan the inputs; write nothing"),
+    hash_inputs: bool = typer.Option(True, "--hash/--no-hash", help="SHA-256 of the inputs"),
+) -> None:
+    """Several deltas in one pass: Θ'_base + Σ αᵢ(Θ_postᵢ − Θ_baseᵢ) from a recipe file."""
+    _run_recipe(recipe, out, dry_run, hash_inputs)
 
 
 @app.command("diagnose")
