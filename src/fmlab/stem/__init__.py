@@ -15,20 +15,26 @@ from fmlab.stem.model import (
     stem_config,
     stem_mlps,
 )
+from fmlab.stem.offload import Offloaded, OffloadError, attach, offload, write_tables
 from fmlab.stem.train import RowSparseAdamW, stem_optimizers, train_stem
 
 __all__ = [
+    "OffloadError",
+    "Offloaded",
     "RowSparseAdamW",
     "StemConfig",
     "StemError",
     "StemForCausalLM",
     "StemMLP",
     "StemModel",
+    "attach",
     "build_stem",
     "flops_per_token",
+    "offload",
     "param_counts",
     "stem_config",
     "stem_mlps",
     "stem_optimizers",
     "train_stem",
+    "write_tables",
 ]
