@@ -5,6 +5,7 @@ classes (``model_type="fmlab_stem"``). See docs/stem.md.
 """
 
 from fmlab.stem.accounting import flops_per_token, param_counts
+from fmlab.stem.edit import Edit, EditError, edit, edit_pairs, revert
 from fmlab.stem.model import (
     StemConfig,
     StemError,
@@ -19,6 +20,8 @@ from fmlab.stem.offload import Offloaded, OffloadError, attach, offload, write_t
 from fmlab.stem.train import RowSparseAdamW, stem_optimizers, train_stem
 
 __all__ = [
+    "Edit",
+    "EditError",
     "OffloadError",
     "Offloaded",
     "RowSparseAdamW",
@@ -29,9 +32,12 @@ __all__ = [
     "StemModel",
     "attach",
     "build_stem",
+    "edit",
+    "edit_pairs",
     "flops_per_token",
     "offload",
     "param_counts",
+    "revert",
     "stem_config",
     "stem_mlps",
     "stem_optimizers",
