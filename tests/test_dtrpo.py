@@ -10,7 +10,7 @@ import torch
 
 from fmlab.core.io import CheckpointError
 from fmlab.core.train import TrainConfig
-from fmlab.dtrpo.data import PairSet, build_tokenizer, heldout_items, make_items, make_pairs, reward
+from fmlab.dtrpo.data import PairSet, build_tokenizer, make_items, make_pairs, reward
 from fmlab.dtrpo.estimators import (
     ESTIMATORS,
     estimate,
@@ -180,13 +180,7 @@ def test_save_load_round_trip(tok, items, tmp_path):
 
 
 def test_rewards_and_splits():
-    test = heldout_items(20)
     train = make_items(50, seed=0)
-    assert {it.task for it in test} == {"addition", "countdown", "sudoku"}
-    from fmlab.dtrpo.data import train_items
-
-    tr = train_items(50, 0)
-    assert not {it.prompt for it in tr} & {it.prompt for it in heldout_items(200)}
     for it in train[:9]:
         assert reward(it, it.example.answer) == 1.0
         assert reward(it, "") == 0.0
@@ -195,6 +189,52 @@ def test_rewards_and_splits():
     digits = [c for c in sud.example.answer if c.isdigit()]
     digits[blanks[0]] = "1" if digits[blanks[0]] != "1" else "2"  # one blank wrong
     assert reward(sud, "".join(digits)) == pytest.approx(0.9 * (len(blanks) - 1) / len(blanks))
+
+
+def test_one_split_function_is_disjoint_and_sealed():
+    from fmlab.core.experiment import SealedSplitError
+    from fmlab.dtrpo.data import SPLIT_SIZES, dtrpo_splits, split_items, take
+
+    splits = dtrpo_splits(n_train=20)
+    s = splits.summary()
+    assert s["disjoint"] and not any(s["overlaps"].values())
+    assert s["key"] == "item_prompt" and s["sealed"] == ["test"]
+    assert {n: v["n"] for n, v in s["splits"].items()} == {
+        **{n: 3 * k for n, k in SPLIT_SIZES.items()},
+        "train": 60,
+    }
+    with pytest.raises(SealedSplitError):
+        splits["test"]  # sealed until open_test()
+    # the test split depends on the seed only, never on the SFT split's size
+    assert split_items(0, 20)["test"] == split_items(0, 7)["test"]
+    assert split_items(0, 20)["test"] != split_items(1, 20)["test"]
+    test = take(splits.open_test()["test"], 5)
+    assert len(test) == 15 and [it.task for it in test[:3]] == ["addition", "countdown", "sudoku"]
+    with pytest.raises(ValueError, match="200 items per task"):
+        take(splits["test"], 500)
+
+
+def test_overlapping_prompts_fail_on_purpose(monkeypatch):
+    """A caller that builds its prompts outside the split function is caught at run time."""
+    from fmlab.core.experiment import SplitError
+    from fmlab.dtrpo import data
+
+    # the old bench built pair prompts with make_items(200, 2000 + seed): test prompts leak
+    with pytest.raises(SplitError, match="'pairs' and 'test' share"):
+        data.check_disjoint({"pairs": make_items(200, 2000)})
+    ok = data.check_disjoint({"pairs": list(data.split_items(0, 1)["pairs"])})
+    assert ok["disjoint"]
+    # a split builder that leaks test prompts into the SFT split raises before anything trains
+    real = data._split_items
+
+    def leaky(seed, n_train):
+        out = dict(real(seed, n_train))
+        out["train"] = out["train"] + out["test"][:3]
+        return out
+
+    monkeypatch.setattr(data, "_split_items", leaky)
+    with pytest.raises(SplitError, match="share 3 items"):
+        data.dtrpo_splits(n_train=5)
 
 
 def test_pretrain_learns_and_pairs_round_trip(tok, tmp_path):
@@ -264,7 +304,8 @@ def test_cli_round_trip(tmp_path):
     res = r.invoke(app, [*base, "eval", "--model", str(tmp_path / "t" / "model"),
                          "--n-per-task", "2"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "per_task" in json.loads(res.stdout)
+    ev = json.loads(res.stdout)
+    assert "per_task" in ev and ev["split"]["name"] == "test" and ev["split"]["items"] == 6
     # bad input: a clear error naming the fix, nothing written
     res = r.invoke(app, [*base, "train", "--model", model, "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--pairs" in res.output
@@ -291,7 +332,7 @@ def test_quick_bench_records_and_resume(tmp_path, monkeypatch):
     sweep = load_record(bench.run_sweep(cfg, tmp_path, grid=((5e-4, 0.1), (1e-4, 1.0)),
                                         log=lambda m: None))  # fmt: skip
     assert sweep["metrics"]["best"] in {"lr=0.0005,beta=0.1", "lr=0.0001,beta=1.0"}
-    assert len(sweep["baselines"]) == 1
+    assert len(sweep["baselines"]) == 1  # rank 0's
 
     def boom(*a, **k):
         raise AssertionError("a finished stage was recomputed")
@@ -316,3 +357,47 @@ def test_dpo_raises_the_exact_preference_margin(tok, arm):
     w = log_ratio(policy, ref, ps.chosen, "exact").value
     lose = log_ratio(policy, ref, ps.rejected, "exact").value
     assert float((w - lose).mean()) > 0.5
+
+
+@pytest.fixture(scope="module")
+def ref_and_pairs(tok, tmp_path_factory):
+    """A tiny pre-trained reference and a pair set from the pairs split, saved."""
+    from fmlab.dtrpo.data import dtrpo_splits, take
+
+    d = tmp_path_factory.mktemp("ref")
+    torch.manual_seed(0)
+    ref = make_dllm(tok, "llama-tiny")
+    splits = dtrpo_splits(n_train=20)
+    pretrain(ref, list(splits["train"]), TrainConfig(steps=20, batch_size=16, progress=False))
+    save_dllm(ref, d / "model")
+    ps = make_pairs(ref, take(splits["pairs"], 4), k=4, seed=0)
+    ps.save(d / "pairs")
+    return d / "model", d / "pairs", len(ps)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_dtrpo_replicas_bit_identical(ref_and_pairs, tmp_path):
+    """`fmlab dtrpo train` under torchrun (2 processes, gloo): the loss runs through the DDP
+    wrapper, so both replicas end bit-identical; rank 0 alone writes and prints."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fmlab.core.train import param_checksum
+
+    model, pairs, _ = ref_and_pairs
+    fmlab_bin = Path(sys.executable).parent / "fmlab"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--no-python", str(fmlab_bin), "dtrpo", "train", "--model", str(model),
+           "--pairs", str(pairs), "--out", str(tmp_path / "t"), "--steps", "3",
+           "--batch-size", "2", "--lr", "1e-3"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "t" / "counts.json").read_text())
+    assert res["world_size"] == 2 and len(res["param_checksums"]) == 2
+    assert res["param_checksums"][0] == res["param_checksums"][1]  # gradients were synchronised
+    assert res["param_checksums"][0] != param_checksum(load_dllm(model).net)  # it trained
+    assert res["policy"] == 2 * 3 * 2 * 2  # ranks x steps x pairs x (chosen, rejected)
+    assert len([ln for ln in p.stdout.splitlines() if ln.startswith("{")]) == 1  # rank 0's

@@ -33,7 +33,7 @@ from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.io import Memo, atomic_write_json, read_json
 from fmlab.core.results import ResultRecord, Timer, mean_std, peak_rss_mb, write_record
 from fmlab.core.train import TrainConfig
-from fmlab.dtrpo.data import PairSet, heldout_items, make_pairs, train_items
+from fmlab.dtrpo.data import PairSet, dtrpo_splits, make_pairs, take
 from fmlab.dtrpo.model import DLLM, load_dllm, make_dllm, save_dllm
 from fmlab.dtrpo.sampler import SamplerConfig
 
@@ -97,7 +97,7 @@ def reference(cfg: BenchConfig, work: Path, log: Callable[[str], None] = log_std
         return load_dllm(d / "model")
     log(f"pre-training the reference ({cfg.pretrain_steps} steps)")
     model = make_dllm(build_tokenizer(), cfg.size, seed=0)
-    probe = heldout_items(min(cfg.n_test, 50))
+    probe = take(dtrpo_splits(n_train=cfg.n_train)["val"], min(cfg.n_test, 50))
 
     def eval_fn(net):
         return {"accuracy": evaluate(model, probe)["accuracy"]}
@@ -107,7 +107,8 @@ def reference(cfg: BenchConfig, work: Path, log: Callable[[str], None] = log_std
         warmup_steps=min(100, cfg.pretrain_steps // 10), eval_every=max(cfg.pretrain_steps // 6, 1),
         ckpt_every=100, seed=0, progress=cfg.pretrain_steps > 500,
     )  # fmt: skip
-    res = pretrain(model, train_items(cfg.n_train, 0), tcfg, d / "train", eval_fn=eval_fn)
+    train = list(dtrpo_splits(n_train=cfg.n_train)["train"])
+    res = pretrain(model, train, tcfg, d / "train", eval_fn=eval_fn)
     if res.interrupted:
         raise KeyboardInterrupt
     atomic_write_json(d / "pretrain.json", {"wall_s": res.wall_s, "history": res.history})
@@ -133,8 +134,6 @@ _ARM_FIELDS = ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr", "n_tra
 
 
 def _pairs(cfg: BenchConfig, ref: DLLM, seed: int, work: Path, log) -> PairSet:
-    from fmlab.dtrpo.data import make_items
-
     key = [cfg.to_dict()[f] for f in ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr",
                                       "n_train", "n_pair_prompts", "k")]  # fmt: skip
     d = work / f"pairs-{_digest(key)}-{seed}"
@@ -142,7 +141,8 @@ def _pairs(cfg: BenchConfig, ref: DLLM, seed: int, work: Path, log) -> PairSet:
         return PairSet.load(d)
     log(f"seed {seed}: sampling {cfg.k} answers for {3 * cfg.n_pair_prompts} prompts")
     with Timer() as t:
-        ps = make_pairs(ref, make_items(cfg.n_pair_prompts, 2000 + seed), cfg.k, seed)
+        prompts = take(dtrpo_splits(n_train=cfg.n_train)["pairs"], cfg.n_pair_prompts)
+        ps = make_pairs(ref, prompts, cfg.k, seed)
     ps.save(d, overwrite=True)
     atomic_write_json(d / "timing.json", {"wall_s": t.s})
     return ps
@@ -167,11 +167,9 @@ def _run_arm(cfg, ref, pairs, arm, seed, beta, test, work, log) -> dict:
     pcfg = PrefConfig(arm=arm, beta=beta)
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_pairs, lr=cfg.lr, warmup_steps=10,
                        weight_decay=0.0, seed=seed, progress=False, log_every=10)  # fmt: skip
-    from fmlab.dtrpo.data import make_items
-
-    prompts = make_items(cfg.n_pair_prompts, 2000 + seed)  # the online arms' prompts
+    prompts = take(dtrpo_splits(n_train=cfg.n_train)["pairs"], cfg.n_pair_prompts)
     data_fwd = pairs.sampling_forwards if pcfg.arm not in ("grpo", "wd1") else 0
-    curve_items = heldout_items(cfg.n_curve)
+    curve_items = test[: 3 * cfg.n_curve]
     before = evaluate(ref, curve_items)
     curve = [{"step": 0, "train_forwards": 0, "total_forwards": data_fwd,
               "accuracy": before["accuracy"]}]  # fmt: skip
@@ -295,7 +293,8 @@ def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = log_stde
     work = _work(out)
     t0 = time.perf_counter()
     ref = reference(cfg, work, log)
-    test = heldout_items(cfg.n_test)
+    splits = dtrpo_splits(n_train=cfg.n_train)
+    test = take(splits.open_test()["test"], cfg.n_test)
     memo = Memo(work / f"memo-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
     base = memo.get_or_compute("reference", lambda: _eval_both(ref, test, cfg))
     runs: dict[str, list[dict]] = {}
@@ -535,7 +534,6 @@ def run_sweep(
     split (50 items per task, disjoint from the test split), seed-0 pairs; writes sweep.json."""
     import shutil
 
-    from fmlab.dtrpo.data import make_items
     from fmlab.dtrpo.train import PrefConfig, evaluate, kl_to_ref, train_arm
 
     out = Path(out)
@@ -543,7 +541,7 @@ def run_sweep(
     t0 = time.perf_counter()
     ref = reference(cfg, work, log)
     pairs = _pairs(cfg, ref, cfg.seeds[0], work, log)
-    val = make_items(50, seed=555, exclude={it.prompt for it in heldout_items(200)})
+    val = list(dtrpo_splits(n_train=cfg.n_train)["val"])
     memo = Memo(work / f"sweep-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
     base = memo.get_or_compute("reference", lambda: {"accuracy": evaluate(ref, val)["accuracy"]})
     rows = {}
@@ -590,7 +588,8 @@ def run_sweep(
         },
         wall_s=time.perf_counter() - t0,
         notes=[
-            "Validation: 50 items per task drawn with seed 555, excluding every test prompt.",
+            "Validation: the val split of fmlab.dtrpo.data.dtrpo_splits (50 items per task), "
+            "disjoint by prompt from the train, pairs and test splits.",
             "val_accuracy after the last step; the per-row curves are in the memo.",
         ],
         headline=["val_accuracy", "kl_to_ref"],

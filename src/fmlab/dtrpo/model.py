@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from fmlab.core.io import CheckpointError, atomic_dir
 from fmlab.core.models.tiny import build_model
@@ -48,14 +48,15 @@ __all__ = [
 ]
 
 PAD_KIND, PROMPT, CLEAN, NOISED = -1, 0, 1, 2
+MASK = "<|mask|>"
 
 
 @dataclass
 class DLLM:
     """A block-diffusion LM: the HF network, its tokenizer, and the answer geometry."""
 
-    net: LlamaForCausalLM
-    tokenizer: PreTrainedTokenizerFast
+    net: PreTrainedModel  # any HF causal LM that honours a 4-D attention mask (fmlab.dtrpo.adapter)
+    tokenizer: PreTrainedTokenizerBase
     gen_length: int = 24
     block_length: int = 8
 
@@ -66,11 +67,18 @@ class DLLM:
                 f"{self.block_length}"
             )
         tok = self.tokenizer
-        self.mask_id = tok.convert_tokens_to_ids("<|mask|>")
-        self.pad_id = tok.pad_token_id
-        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
-        if self.mask_id is None or self.mask_id == tok.unk_token_id:
-            raise ValueError("the tokenizer has no <|mask|> token")
+        self.mask_id = tok.mask_token_id if tok.mask_token else tok.convert_tokens_to_ids(MASK)
+        self.pad_id, self.eos_id = tok.pad_token_id, tok.eos_token_id
+        missing = [n for n, i in (("mask", self.mask_id), ("pad", self.pad_id),
+                                  ("end-of-answer (eos)", self.eos_id))
+                   if i is None or (i == tok.unk_token_id and n != "pad")]  # fmt: skip
+        if self.pad_id is not None and self.pad_id == self.eos_id:
+            missing.append("pad distinct from eos")
+        if missing:
+            raise ValueError(
+                f"the tokenizer has no {' / '.join(missing)} token; convert the checkpoint with "
+                "`fmlab dtrpo convert` (fmlab.dtrpo.adapter.convert_causal_lm), which adds them"
+            )
         cfg = self.net.config
         cfg.mask_token_id = self.mask_id
         cfg.dllm_gen_length = self.gen_length
@@ -93,6 +101,16 @@ class DLLM:
         if dtype is not None:
             net = net.to(dtype)
         return DLLM(net, self.tokenizer, self.gen_length, self.block_length)
+
+    def with_net(self, net) -> DLLM:
+        """This model's tokenizer and geometry around another module (a DDP wrapper of
+        ``self.net``, or ``None`` for a shell that cannot run): how a loss runs the module the
+        trainer hands it, never a raw network it closed over."""
+        import copy
+
+        other = copy.copy(self)
+        other.net = net
+        return other
 
     def eval(self) -> DLLM:
         self.net.eval()
@@ -267,17 +285,19 @@ def save_dllm(model: DLLM, path: str | os.PathLike, overwrite: bool = False) -> 
 
 def load_dllm(path: str | os.PathLike) -> DLLM:
     """Load a model written by :func:`save_dllm`; other checkpoints are refused by name."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: no config.json; expected a directory from save_dllm")
-    net = LlamaForCausalLM.from_pretrained(path, attn_implementation="sdpa")
-    cfg = net.config
+    cfg = AutoConfig.from_pretrained(path)
     if getattr(cfg, "mask_token_id", None) is None or not hasattr(cfg, "dllm_block_length"):
         raise CheckpointError(
             f"{path}: not a diffusion LM (config has no mask_token_id/dllm_block_length); "
-            "train one with `fmlab dtrpo pretrain`"
+            "train one with `fmlab dtrpo pretrain`, or turn an HF causal LM into one with "
+            "`fmlab dtrpo convert --src DIR --out DIR`"
         )
+    net = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    cfg = net.config
     tok = AutoTokenizer.from_pretrained(path)
     return DLLM(net.eval(), tok, cfg.dllm_gen_length, cfg.dllm_block_length)

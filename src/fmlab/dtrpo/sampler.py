@@ -6,6 +6,14 @@ from μ_θ. Which positions: the most confident ones (``low_confidence`` remaski
 default), random ones, or, with ``threshold`` set, every position whose confidence exceeds it
 (at least one per step: Fast-dLLM's parallel decoding, fewer forwards).
 
+With ``force`` (answers given as token ids) the sampler runs the same loop but places the given
+tokens: at each step it unmasks the still-masked positions whose given token the model is most
+confident about (the probability of that token at the current state, the schedule's count per
+step). That is :func:`recover_trajectories`, the rule by which a preference pair that was not
+sampled here (no recorded trajectory) gets a decode order: the order in which low-confidence
+greedy decoding of the reference would have unmasked those tokens had it produced them. For an
+answer the reference itself decoded greedily, it gives back the recorded order exactly.
+
 The sampler records, for every answer token, the step of its block at which it was unmasked
 (``bstep``) and how many steps each block took (``block_steps``): together with the tokens
 that is the whole trajectory τ, which the estimators in :mod:`fmlab.dtrpo.estimators` score.
@@ -13,13 +21,14 @@ that is the whole trajectory τ, which the estimators in :mod:`fmlab.dtrpo.estim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 
 from fmlab.dtrpo.model import DLLM, layout, token_logprobs
 
-__all__ = ["SamplerConfig", "Trajectories", "sample", "transfer_schedule"]
+__all__ = ["SamplerConfig", "Trajectories", "recover_trajectories", "sample", "transfer_schedule"]
 
 REMASKING = ("low_confidence", "random")
 
@@ -102,15 +111,31 @@ def sample(
     cfg: SamplerConfig = SamplerConfig(),
     generator: torch.Generator | None = None,
     batch_size: int = 256,
+    force: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Trajectories:
-    """Sample one answer per prompt and record its trajectory."""
-    if len(prompts) > batch_size:
-        return Trajectories.cat(
-            [
-                sample(model, prompts[i : i + batch_size], cfg, generator, batch_size)
-                for i in range(0, len(prompts), batch_size)
-            ]
+    """Sample one answer per prompt and record its trajectory.
+
+    ``force`` (B, gen_length): place these tokens instead of sampling, in the model's
+    confidence order (see the module docstring). ``progress(done, total)`` is called after
+    every block of every batch of ``batch_size`` prompts."""
+    if force is not None and force.shape != (len(prompts), model.gen_length):
+        raise ValueError(
+            f"force must be (prompts, gen_length) = ({len(prompts)}, {model.gen_length}), got "
+            f"{tuple(force.shape)}"
         )
+    transfer_schedule(model.block_length, cfg.steps_per_block)  # a clear error before any work
+    if len(prompts) > batch_size:
+        starts = range(0, len(prompts), batch_size)
+        total = len(starts) * model.n_blocks
+
+        def part(k: int, i: int) -> Trajectories:
+            done = k * model.n_blocks
+            sub = None if progress is None else (lambda d, _t: progress(done + d, total))
+            f = None if force is None else force[i : i + batch_size]
+            return sample(model, prompts[i : i + batch_size], cfg, generator, batch_size, f, sub)
+
+        return Trajectories.cat([part(k, i) for k, i in enumerate(starts)])
     was_training = model.net.training
     model.net.eval()
     pids, real = model.encode_prompts(prompts)
@@ -133,13 +158,15 @@ def sample(
                 break
             ids, pos, att = layout(pids, real, clean, blk, bl, noised_first_block=b)
             lp = token_logprobs(model.logits(ids, pos, att)[:, -bl:], model.banned)
-            if cfg.temperature == 0:
+            if force is not None:
+                tok = force[:, b * bl : (b + 1) * bl]
+            elif cfg.temperature == 0:
                 tok = lp.argmax(-1)
             else:
                 probs = torch.softmax(lp / cfg.temperature, -1).reshape(B * bl, -1)
                 tok = torch.multinomial(probs, 1, generator=generator).view(B, bl)
             conf = lp.gather(-1, tok[..., None]).squeeze(-1).exp()
-            if cfg.remasking == "random" and cfg.threshold is None:
+            if cfg.remasking == "random" and cfg.threshold is None and force is None:
                 conf = torch.rand(B, bl, generator=generator)
             conf = conf.masked_fill(~masked, -1.0)
             if cfg.threshold is not None:
@@ -158,5 +185,31 @@ def sample(
             block_steps[active, b] += 1
             tokens[active] += int(real.shape[1] + (b + 1) * bl)
             s += 1
+        if progress is not None:
+            progress(b + 1, nb)
     model.net.train(was_training)
     return Trajectories(pids, real, answer, bstep, block_steps, tokens)
+
+
+def recover_trajectories(
+    model: DLLM,
+    prompts: list[str],
+    answers: torch.Tensor,
+    steps_per_block: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> Trajectories:
+    """A decode order for answers that were not sampled here (no recorded trajectory).
+
+    The rule (teacher-forced confidence order under ``model``, normally the frozen reference):
+    block by block, left to right, start from the all-[MASK] block; at step s run ``model`` on
+    ``[prompt | clean blocks before | current block]`` and unmask the
+    ``transfer_schedule(block_length, steps_per_block)[s]`` still-masked positions whose given
+    token has the highest probability at that state. It is the order low-confidence greedy
+    decoding would have followed had it produced these tokens (for an answer ``model`` did
+    decode greedily, exactly its recorded order). Costs ``steps_per_block`` forwards per block.
+
+    Args:
+        answers: (B, gen_length) token ids, e.g. ``model.encode_answers(texts)``.
+    """
+    cfg = SamplerConfig(steps_per_block=steps_per_block, temperature=0.0)
+    return sample(model, prompts, cfg, force=answers, progress=progress)

@@ -3,6 +3,13 @@
 Every trainer runs on :func:`fmlab.core.train.train` (AdamW, warm-up + cosine, atomic
 checkpoints, bit-exact resume, progress bar): each is only a ``loss_fn`` and a batch source.
 
+DDP: a loss never closes over the policy's network. It holds a net-less shell
+(:meth:`DLLM.with_net`) and runs the module ``train`` passes it, which under ``torchrun`` is the
+DDP wrapper, so every gradient is synchronised; the reference is a separate frozen model. Only
+online sampling (no gradient) runs the unwrapped module, so ranks need not agree on how many
+sampler forwards they take. The forward counters live in the checkpoint (``_Counted``'s extra
+state), so a resumed run reports the same counts as an uninterrupted one.
+
 ======== ========================================================================== =========
 arm      objective                                                                  data
 ======== ========================================================================== =========
@@ -81,10 +88,12 @@ def pretrain(
     A SIGTERM or Ctrl-C raises :class:`fmlab.core.train.TrainingInterrupted` once the
     checkpoint in ``out_dir`` is written (rerun to resume); ``stop_at`` returns normally."""
 
+    shell = model.with_net(None)  # the loss runs only the module train() hands it
+
     def loss_fn(net, batch):
         g = torch.Generator().manual_seed(int(batch["noise_seed"]))
         return diffusion_loss(
-            model, batch["prompt_ids"], batch["prompt_real"], batch["input_ids"], g
+            shell.with_net(net), batch["prompt_ids"], batch["prompt_real"], batch["input_ids"], g
         )
 
     source = _SFTSource(model, items, cfg.seed)
@@ -96,7 +105,7 @@ def pretrain(
 @dataclass(frozen=True)
 class PrefConfig:
     arm: str = "dtrpo"
-    beta: float = 0.1  # DPO temperature; GRPO's KL weight is kl_coef
+    beta: float = 2.0  # DPO temperature (the validated default); GRPO's KL weight is kl_coef
     nll_weight: float = 0.0  # RPO-style NLL on the chosen answer (per token), offline arms
     n_mc: int = 2  # ELBO masks (dpo-elbo)
     group: int = 8  # online arms: samples per prompt
@@ -129,6 +138,29 @@ class Counter:
         return self.policy + self.ref + self.sampling
 
 
+class _Counted(torch.nn.Module):
+    """The policy network plus its forward counters, which ride in the module's state dict
+    (``get_extra_state``: saved in every checkpoint, not a buffer, so DDP never broadcasts it)."""
+
+    def __init__(self, net: torch.nn.Module, count: Counter):
+        super().__init__()
+        self.net, self.count = net, count
+
+    def forward(self, **kw):
+        return self.net(**kw)
+
+    def get_extra_state(self) -> dict:
+        return dataclasses.asdict(self.count)
+
+    def set_extra_state(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self.count, k, int(v))
+
+
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+
 class _IndexSource:
     """Batches of item indices (pairs or prompts) plus a noise seed, pure in (seed, step)."""
 
@@ -141,37 +173,39 @@ class _IndexSource:
         return {"input_ids": idx[:, None], "noise_seed": torch.randint(2**62, (1,), generator=g)}
 
 
-def _dpo_loss(policy: DLLM, ref: DLLM, pairs: PairSet, cfg: PrefConfig, count: Counter):
+def _dpo_loss(shell: DLLM, ref: DLLM, pairs: PairSet, cfg: PrefConfig, count: Counter):
     est = ARMS[cfg.arm]
 
     def loss_fn(net, batch):
+        policy = shell.with_net(net)  # the DDP wrapper under torchrun
         idx = batch["input_ids"][:, 0]
         seed = int(batch["noise_seed"])
-        margins, nll = [], None
-        for traj in (pairs.chosen.select(idx), pairs.rejected.select(idx)):
-            p = estimate(policy, traj, est, seed, n_mc=cfg.n_mc)
-            with torch.no_grad():
-                r = estimate(ref, traj, est, seed, n_mc=cfg.n_mc)
-            count.policy += int(p.forwards.sum())
-            count.ref += int(r.forwards.sum())
-            count.tokens += int(p.tokens.sum() + r.tokens.sum())
-            margins.append(p.value - r.value)
-            if nll is None:  # the chosen answer's estimated log-likelihood, per token
-                nll = -p.value.mean() / policy.gen_length
-        loss = -F.logsigmoid(cfg.beta * (margins[0] - margins[1])).mean()
-        return loss + cfg.nll_weight * nll if cfg.nll_weight else loss
+        traj = Trajectories.cat([pairs.chosen.select(idx), pairs.rejected.select(idx)])
+        p = estimate(policy, traj, est, seed, n_mc=cfg.n_mc)  # (2B,): chosen, then rejected
+        with torch.no_grad():
+            r = estimate(ref, traj, est, seed, n_mc=cfg.n_mc)
+        count.policy += int(p.forwards.sum())
+        count.ref += int(r.forwards.sum())
+        count.tokens += int(p.tokens.sum() + r.tokens.sum())
+        margin = (p.value - r.value).view(2, -1)
+        loss = -F.logsigmoid(cfg.beta * (margin[0] - margin[1])).mean()
+        if cfg.nll_weight:  # the chosen answer's estimated log-likelihood, per token
+            loss = loss - cfg.nll_weight * p.value.view(2, -1)[0].mean() / shell.gen_length
+        return loss
 
     return loss_fn
 
 
-def _online_loss(policy: DLLM, ref: DLLM, items: list[Item], cfg: PrefConfig, count: Counter):
+def _online_loss(shell: DLLM, ref: DLLM, items: list[Item], cfg: PrefConfig, count: Counter):
     def loss_fn(net, batch):
+        policy = shell.with_net(net)  # the DDP wrapper under torchrun
         idx = batch["input_ids"][:, 0].tolist()
         seed = int(batch["noise_seed"])
         group = [items[i] for i in idx for _ in range(cfg.group)]
-        traj = sample(
-            policy, [it.prompt for it in group], cfg.sampler, torch.Generator().manual_seed(seed)
-        )
+        traj = sample(  # no gradient: the unwrapped module, no collective per sampler step
+            shell.with_net(_unwrap(net)), [it.prompt for it in group], cfg.sampler,
+            torch.Generator().manual_seed(seed),
+        )  # fmt: skip
         count.sampling += int(traj.forwards.sum())
         count.tokens += int(traj.tokens.sum())
         r = torch.tensor(
@@ -211,7 +245,9 @@ def train_arm(
     out_dir: str | os.PathLike | None = None,
     stop_at: int | None = None,
 ) -> tuple[TrainResult, Counter]:
-    """Train ``policy`` in place with one arm; returns the run and its forward-pass counts.
+    """Train ``policy`` in place with one arm; returns the run and its forward-pass counts
+    since step 0 (also after a resume: they are kept in the checkpoint). Under ``torchrun``
+    the counts are this process's; :func:`fmlab.dtrpo.cli` sums them over processes.
 
     Offline arms read ``pairs``; online arms sample from the current policy on ``items``
     (``train_cfg.batch_size`` is pairs per step offline, and the online arms use
@@ -225,19 +261,20 @@ def train_arm(
     for p in policy.net.parameters():
         p.requires_grad_(True)
     ref.net.eval()
-    count = Counter()
+    count = Counter()  # restored from the checkpoint on resume (cumulative since step 0)
+    shell = policy.with_net(None)
     if ARMS[cfg.arm] is not None:
         if pairs is None or len(pairs) == 0:
             raise ValueError(f"arm {cfg.arm} needs a non-empty pair set (fmlab dtrpo pairs)")
-        loss_fn: Callable = _dpo_loss(policy, ref, pairs, cfg, count)
+        loss_fn: Callable = _dpo_loss(shell, ref, pairs, cfg, count)
         source = _IndexSource(len(pairs), train_cfg.seed)
     else:
         if not items:
             raise ValueError(f"arm {cfg.arm} needs training prompts")
-        loss_fn = _online_loss(policy, ref, items, cfg, count)
+        loss_fn = _online_loss(shell, ref, items, cfg, count)
         source = _IndexSource(len(items), train_cfg.seed)
         train_cfg = dataclasses.replace(train_cfg, batch_size=cfg.prompts_per_step)
-    res = train(policy.net, source, train_cfg, out_dir, loss_fn, stop_at=stop_at)
+    res = train(_Counted(policy.net, count), source, train_cfg, out_dir, loss_fn, stop_at=stop_at)
     res.raise_if_signalled(f"dtrpo {cfg.arm} training")  # the bench's stop_at loops go on
     return res, count
 
@@ -248,9 +285,12 @@ def evaluate(
     items: list[Item],
     cfg: SamplerConfig = SamplerConfig(temperature=0.0),
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Accuracy (reward == 1) per task and overall, mean reward, and forwards per solved item."""
-    traj = sample(model, [it.prompt for it in items], cfg, torch.Generator().manual_seed(seed))
+    """Accuracy (reward == 1) per task and overall, mean reward, forwards (and tokens) per
+    item and per solved item, and ``solved`` per item (for paired comparisons)."""
+    prompts = [it.prompt for it in items]
+    traj = sample(model, prompts, cfg, torch.Generator().manual_seed(seed), progress=progress)
     rewards = [reward(it, t) for it, t in zip(items, model.decode(traj.answer), strict=True)]
     out: dict = {"per_task": {}}
     for task in dict.fromkeys(it.task for it in items):
@@ -262,6 +302,7 @@ def evaluate(
     out["forwards"] = int(traj.forwards.sum())
     out["forwards_per_item"] = out["forwards"] / len(items)
     out["forwards_per_solved"] = out["forwards"] / solved if solved else None
+    out["tokens"] = int(traj.tokens.sum())
     out["solved"] = [r == 1.0 for r in rewards]  # per item, for paired comparisons
     return out
 
