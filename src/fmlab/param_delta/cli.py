@@ -133,6 +133,72 @@ def merge_recipe_cmd(
     _run_recipe(recipe, out, dry_run, hash_inputs)
 
 
+@app.command("extract-lora")
+def extract_lora_cmd(
+    post: str = typer.Option(..., help="post-trained checkpoint"),
+    base: str = typer.Option(..., help="its base"),
+    out: Path = typer.Option(..., help="adapter directory to write (must not exist)"),
+    rank: int = typer.Option(..., help="LoRA rank r of every factorized matrix"),
+    new_base: str = typer.Option(
+        None,
+        "--new-base",
+        help="the base the adapter is for; with it, norm weights go in whole (modules_to_save)",
+    ),
+    scale: float = typer.Option(1.0, help="α, the weight of the delta"),
+    dtype: str = typer.Option("float32", help="adapter dtype: float32 | bfloat16 | float16"),
+    allow_pickle: bool = typer.Option(False),
+) -> None:
+    """The delta α(Θ_post − Θ_base) as a PEFT LoRA adapter (per-tensor truncated SVD)."""
+    from fmlab.core.io import CheckpointError
+    from fmlab.param_delta import ParamDeltaError
+    from fmlab.param_delta.lora import extract_lora
+
+    try:
+        m = extract_lora(
+            post, base, out, rank, new_base=new_base, scale=scale, dtype=dtype,
+            allow_pickle=allow_pickle, progress=True,
+        )  # fmt: skip
+    except (ParamDeltaError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        fail(str(e))
+    err = m["error_at_rank"]
+    typer.echo(
+        f"wrote {out}: rank {rank}, {m['tensors_factorized']} matrices, "
+        f"{m['adapter_bytes'] / 2**20:.1f} MiB; relative Frobenius error of ΔW "
+        f"{err['rel_frob_error_all']:.4f} (matrices only {err['rel_frob_error_linear']:.4f})"
+    )
+    if m["left_out"]:
+        typer.echo(
+            f"note: {len(m['left_out'])} non-matrix tensors left out ({m['left_out_delta_share']:.2%} "
+            "of ‖Δ‖²); pass --new-base to store them whole"
+        )
+    typer.echo(
+        "load: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(NEW_BASE), OUT)"
+    )
+
+
+@app.command("lora-bench")
+def lora_bench_cmd(
+    post: str = typer.Option(..., help="post-trained checkpoint"),
+    base: str = typer.Option(..., help="its base"),
+    new_base: str = typer.Option(..., "--new-base", help="the updated base"),
+    ranks: str = typer.Option("1,4,16,64", help="comma-separated ranks"),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
+    delta: str = typer.Option("", help="what the delta is, for the record"),
+) -> None:
+    """Reconstruction error by rank of LoRA-extracted deltas (ΔW and logits), as lora.json."""
+    from fmlab.param_delta.lora_bench import run_lora_record
+
+    out = bench_out("param_delta", out)
+    rs = tuple(int(x) for x in ranks.split(",") if x.strip())
+    rec = run_lora_record(out, post, base, new_base, rs, delta_description=delta)
+    for r, row in rec.metrics["by_rank"].items():
+        typer.echo(
+            f"rank {r}: rel. Frobenius error {row['rel_frob_error_all']:.4f}, max |Δlogit| "
+            f"{row['max_abs_logit_diff']:.4g}, {row['adapter_mb']:.1f} MiB"
+        )
+    typer.echo(f"wrote {out / 'lora.json'}")
+
+
 @app.command("diagnose")
 def diagnose_cmd(
     post: str = typer.Option(..., help="post-trained checkpoint"),
