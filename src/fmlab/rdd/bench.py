@@ -17,6 +17,7 @@ adversarial, ood). RDD against UVD and uniform: paired per-seed and per-demo int
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import asdict, dataclass, replace
@@ -77,6 +78,10 @@ class ArenaConfig:
     budget: int = 9  # grid points per tuned arm, the same for every arm
     min_len: int = 2
     tol: int = 3
+    # torch intra-op threads while the bench runs (restored after). One: the arena's tensors are
+    # tiny, and on a shared 2-core machine two OpenMP threads wait on each other (EfficientNet
+    # at 32 px: 2.7 ms/frame with 1 thread, 44 ms with 2, measured under a load average of 9).
+    threads: int = 1
 
     @classmethod
     def quick(cls) -> ArenaConfig:
@@ -174,8 +179,26 @@ def _val_score(arm: str, p: dict, val, feats: _Features, cfg: ArenaConfig) -> fl
     return float(np.mean(scores))
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def run_arena(out_dir: str | Path, cfg: ArenaConfig | None = None, log=log_stderr) -> ResultRecord:
+    """The arena bench (module docstring), at ``cfg.threads`` torch threads."""
     cfg = cfg or ArenaConfig()
+    with _torch_threads(cfg.threads):
+        return _run_arena(out_dir, cfg, log)
+
+
+def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
     out = Path(out_dir)
     splits = Splits.build(make_splits, seed=0, key=lambda it: it[1].frames,
                           dev_seeds=cfg.dev_seeds, test_seeds=cfg.seeds,

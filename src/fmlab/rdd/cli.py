@@ -258,7 +258,7 @@ def make_demos(
 def bench(
     out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(
-        False, help="one seed, small sets (about 20 s): runs, claims nothing"
+        False, help="one seed, small sets (about 20-40 s): runs, claims nothing"
     ),
     seeds: int = typer.Option(None, help="number of test seeds (default 5)"),
     first_seed: int = typer.Option(
