@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -313,7 +314,9 @@ def test_cli_round_trip(tmp_path):
     assert res.exit_code == 2 and "fmlab dtrpo pretrain" in res.output
 
 
-def test_quick_bench_records_and_resume(tmp_path, monkeypatch):
+def test_quick_bench_on_the_harness(tmp_path, monkeypatch):
+    """The bench's record carries the disjoint splits, every arm's tuning, the intervals and
+    costs in forwards and tokens; a rerun takes everything from its memo."""
     from fmlab.core.results import load_record
     from fmlab.dtrpo import bench, train
 
@@ -324,15 +327,26 @@ def test_quick_bench_records_and_resume(tmp_path, monkeypatch):
     assert est["metrics"]["single_pass_max_abs_diff"] < 1e-5
     assert {"d1", "elbo-n1", "tracerl-s2", "exact"} <= set(est["baselines"])
     tr = load_record(tmp_path / "training.json")
-    assert {"dpo-d1", "sft-reference"} <= set(tr["baselines"])
-    assert tr["metrics"]["policy_forwards"] == tr["baselines"]["dpo-d1"]["policy_forwards"]
-    assert (tmp_path / "accuracy_vs_forwards.png").stat().st_size > 0
-    assert (tmp_path / "estimator_scatter.png").stat().st_size > 0
-
-    sweep = load_record(bench.run_sweep(cfg, tmp_path, grid=((5e-4, 0.1), (1e-4, 1.0)),
-                                        log=lambda m: None))  # fmt: skip
-    assert sweep["metrics"]["best"] in {"lr=0.0005,beta=0.1", "lr=0.0001,beta=1.0"}
-    assert len(sweep["baselines"]) == 1  # rank 0's
+    sp = tr["splits"]
+    assert sp["disjoint"] and sp["test_opened"] and sp["test_seeds"] == [1, 2]
+    assert any(s.startswith("tune") for s in sp["test_opened_after"])
+    assert tr["seeds_seen_in_design"] == [0]
+    assert all(v == 0 for ov in tr["setup"]["pair_prompt_checks"].values() for v in ov.values())
+    arms = tr["tuning"]["arms"]
+    assert set(arms) == set(cfg.arms) and arms["sft"]["fixed"]
+    tuned = [a for a in arms if not arms[a]["fixed"]]
+    assert len({sum(p["phase"] == "grid" for p in arms[a]["points"]) for a in tuned}) == 1
+    assert set(tr["intervals"]) == {
+        f"accuracy: dtrpo − {b}" for b in ("sft", "dpo-exact", "dpo-d1")
+    }
+    for iv in tr["intervals"].values():
+        assert iv["per_seed"]["n"] == 2 and iv["per_item"]["n"] == 18
+    m, d1 = tr["metrics"], tr["baselines"]["dpo-d1"]
+    assert m["policy_forwards"]["mean"] == d1["policy_forwards"]["mean"] > 0  # equal cost
+    assert m["train_tokens"]["mean"] > 0 and m["total_tokens"]["mean"] > m["train_tokens"]["mean"]
+    assert tr["baselines"]["dpo-exact"]["policy_forwards"]["mean"] > m["policy_forwards"]["mean"]
+    assert (tmp_path / "accuracy_vs_cost.png").stat().st_size > 0
+    assert (tmp_path / "intervals.png").stat().st_size > 0
 
     def boom(*a, **k):
         raise AssertionError("a finished stage was recomputed")
@@ -401,3 +415,133 @@ def test_two_process_ddp_dtrpo_replicas_bit_identical(ref_and_pairs, tmp_path):
     assert res["param_checksums"][0] != param_checksum(load_dllm(model).net)  # it trained
     assert res["policy"] == 2 * 3 * 2 * 2  # ranks x steps x pairs x (chosen, rejected)
     assert len([ln for ln in p.stdout.splitlines() if ln.startswith("{")]) == 1  # rank 0's
+
+
+def test_recovered_order_is_the_greedy_record(tok, items):
+    """The teacher-forced confidence rule gives back the order greedy decoding recorded."""
+    from fmlab.dtrpo.sampler import recover_trajectories
+
+    m = _model(tok)
+    prompts = [it.prompt for it in items]
+    for steps in (2, 4):
+        tr = sample(m, prompts, SamplerConfig(steps_per_block=steps, temperature=0.0))
+        back = recover_trajectories(m, prompts, tr.answer, steps)
+        assert torch.equal(back.bstep, tr.bstep) and torch.equal(back.answer, tr.answer)
+        assert torch.equal(back.block_steps, tr.block_steps)
+    # any answer gets a complete order: every token unmasked once, schedule respected
+    other = recover_trajectories(m, prompts, torch.roll(tr.answer, 1, 0), 4)
+    assert ((other.bstep >= 0) & (other.bstep < 4)).all()
+
+
+def _tiny_causal_lm(path, arch="llama"):
+    """An HF causal LM checkpoint that save_dllm did not write: a character tokenizer with no
+    mask, pad or end token, and a random 2-layer Llama (or Qwen2)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,  # fmt: skip
+        Qwen2ForCausalLM,
+    )
+
+    chars = "0123456789+-*/()=.,: \nUsingmakeSolvthisudc"
+    vocab = {c: i for i, c in enumerate(dict.fromkeys(chars))} | {"[UNK]": len(set(chars))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tk.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]")
+    cfg_cls, cls = (
+        (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    )
+    cfg = cfg_cls(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  max_position_embeddings=256)  # fmt: skip
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_convert_causal_lm(tmp_path, arch):
+    from fmlab.dtrpo.adapter import check_block_forward, convert_causal_lm
+
+    src = _tiny_causal_lm(tmp_path / "src", arch)
+    with pytest.raises(CheckpointError, match="fmlab dtrpo convert"):
+        load_dllm(src)
+    convert_causal_lm(src, tmp_path / "dllm", gen_length=12, block_length=4)
+    m = load_dllm(tmp_path / "dllm")
+    assert (m.gen_length, m.block_length) == (12, 4)
+    assert len({m.mask_id, m.pad_id, m.eos_id}) == 3  # added, and padding is not the end token
+    assert check_block_forward(m) < 1e-4  # the 4-D mask is honoured (parity with causal)
+    tr = sample(m, ["12+34="], SamplerConfig(steps_per_block=2, temperature=1.0))
+    assert (tr.answer != m.mask_id).all() and (tr.block_steps == 2).all()
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        convert_causal_lm(src, tmp_path / "bad", gen_length=10, block_length=4)
+
+
+def test_train_cli_on_jsonl_pairs_and_a_converted_causal_lm(tmp_path):
+    """`fmlab dtrpo convert` then `fmlab dtrpo train --pairs pairs.jsonl --model <converted>`."""
+    from typer.testing import CliRunner
+
+    from fmlab.cli import app
+
+    src = _tiny_causal_lm(tmp_path / "src")
+    r = CliRunner()
+    res = r.invoke(app, ["dtrpo", "convert", "--src", str(src), "--out", str(tmp_path / "m"),
+                         "--gen-length", "12", "--block-length", "4"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = [{"prompt": it.prompt, "chosen": it.example.answer[:8], "rejected": "0"}
+            for it in make_items(2, seed=4)]  # fmt: skip
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    res = r.invoke(app, ["dtrpo", "train", "--model", str(tmp_path / "m"), "--pairs",
+                         str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "t"),
+                         "--steps", "2", "--batch-size", "2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    counts = json.loads((tmp_path / "t" / "counts.json").read_text())
+    assert counts["policy"] == 2 * 2 * 2 and counts["world_size"] == 1
+    assert load_dllm(tmp_path / "t" / "model").gen_length == 12
+    # a malformed line names the file, the line and the fields
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "1+1=", "chosen": "2"}\n')
+    res = r.invoke(app, ["dtrpo", "train", "--model", str(tmp_path / "m"), "--pairs",
+                         str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "t2")])  # fmt: skip
+    assert res.exit_code == 2 and "bad.jsonl:1" in res.output and "rejected" in res.output
+
+
+def test_resumed_run_reports_the_same_counts(ref_and_pairs, tmp_path):
+    model, pairs, _ = ref_and_pairs
+    ps = PairSet.load(pairs)
+    tcfg = TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=0, progress=False)
+    counts = {}
+    for name, stops in (("straight", [None]), ("resumed", [1, 2, None])):
+        policy, ref = load_dllm(model), load_dllm(model)
+        for stop in stops:
+            _, count = train_arm(policy, ref, PrefConfig(arm="dpo-exact"), tcfg, ps,
+                                 out_dir=tmp_path / name, stop_at=stop)  # fmt: skip
+        counts[name] = dataclasses.asdict(count)
+    assert counts["resumed"] == counts["straight"] and counts["straight"]["policy"] > 0
+
+
+def test_cli_errors_are_clear(ref_and_pairs, tmp_path):
+    from typer.testing import CliRunner
+
+    from fmlab.cli import app
+    from fmlab.dtrpo.data import split_items
+
+    model, pairs, _ = ref_and_pairs
+    r = CliRunner()
+    res = r.invoke(app, ["dtrpo", "eval", "--model", str(model), "--n-per-task", "500"])
+    assert res.exit_code == 2 and "200 items per task" in res.output, res.output
+    for cmd in (["eval"], ["sample"]):
+        res = r.invoke(app, ["dtrpo", *cmd, "--model", str(model), "--steps-per-block", "9"])
+        assert res.exit_code == 2 and "choose 1 to 8" in res.output, res.output
+    # a pair set built on test prompts (as the old CLI did) is refused, naming the overlap
+    ps = PairSet.load(pairs)
+    test = split_items(0, 1)["test"]
+    ps.items = [test[i] for i in range(len(ps))]
+    ps.save(tmp_path / "leaky")
+    res = r.invoke(app, ["dtrpo", "train", "--model", str(model), "--pairs",
+                         str(tmp_path / "leaky"), "--out", str(tmp_path / "t")])  # fmt: skip
+    assert res.exit_code == 2 and "'pairs' and 'test' share" in res.output, res.output
+    assert not (tmp_path / "t").exists()

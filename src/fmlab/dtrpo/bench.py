@@ -1,43 +1,61 @@
-"""The dTRPO reproduction: estimator fidelity and the training comparison, on a CPU.
+"""The dTRPO reproduction on :mod:`fmlab.core.experiment`: estimator fidelity, and the
+training comparison with every arm tuned alike and the test split opened once.
 
-Stages (each memoised under ``<out>/.dtrpo-work``, so an interrupted bench resumes):
-
-1. **Reference.** One block-diffusion LM (``llama-small``, ~0.74M parameters) pre-trained
-   with the masked-diffusion loss on the three tasks until accuracy is mid-range; it is the
-   SFT reference π_ref of every arm and seed.
-2. **Offline data**, per seed: K samples per prompt from π_ref, verifier rewards, best-vs-worst
-   pairs (the trajectories are kept: dTRPO and exact DPO score them).
-3. **Arms**, per seed, on the same pairs/prompts and the same number of optimizer steps:
-   dtrpo, dpo-exact, dpo-d1, dpo-elbo, grpo (online), wd1 (online). Greedy held-out accuracy
-   per task is measured at checkpoints against the forward passes spent so far.
-4. **Estimators**: at checkpoints with small and moderate KL from π_ref, every estimator of
-   log π_θ/π_ref(τ) against the exact value on reference trajectories; and the block-attention
-   single pass against N_B separate passes.
-5. **Generation efficiency**: forwards per solved item under confidence-threshold decoding
-   before and after training.
+- **Splits**: :func:`fmlab.dtrpo.data.dtrpo_splits` (train = SFT data, pairs = preference and
+  online prompts, val = tuning, test = sealed), disjoint by prompt text, checked at run time;
+  the pair sets actually used are checked again (:func:`~fmlab.dtrpo.data.check_disjoint`).
+- **References**: one SFT model per seed (masked-diffusion pre-training, seeded init and
+  batches), the π_ref of every arm at that seed; the dev seed's model is used for tuning.
+- **Tuning**: :func:`fmlab.core.experiment.tune`: every arm, the same lr axis and a second
+  axis of its own objective with as many values (β for the DPO arms, the KL weight for grpo,
+  the negative weight for wd1), the same budget, edge optima widened; scored on val at the dev
+  seed. ``sft`` has nothing to tune.
+- **Test**: after ``open_test()``, :func:`~fmlab.core.experiment.run_arms` over the test seeds
+  (a fresh reference and pair set per seed), resumable; paired per-seed and per-item intervals
+  of dtrpo − sft, − dpo-exact and − dpo-d1 (equal cost: one forward per response each).
+- **Costs**: forwards and tokens, training (policy + reference + online sampling) and data
+  (the reference's sampling of the pairs).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from fmlab.core.cliutil import log as log_stderr
+from fmlab.core.experiment import (
+    compare,
+    format_delta,
+    interval_plot,
+    record_fields,
+    run_arms,
+    tune,
+)
 from fmlab.core.io import Memo, atomic_write_json, read_json
-from fmlab.core.results import ResultRecord, Timer, mean_std, peak_rss_mb, write_record
+from fmlab.core.results import ResultRecord, figure, mean_std, save_figure, write_record
 from fmlab.core.train import TrainConfig
-from fmlab.dtrpo.data import PairSet, dtrpo_splits, make_pairs, take
+from fmlab.dtrpo.data import PairSet, check_disjoint, dtrpo_splits, make_pairs, take
+from fmlab.dtrpo.defaults import DEFAULTS
 from fmlab.dtrpo.model import DLLM, load_dllm, make_dllm, save_dllm
 from fmlab.dtrpo.sampler import SamplerConfig
 
-__all__ = ["BenchConfig", "quick", "reference", "run"]
+__all__ = ["ARMS", "BenchConfig", "quick", "run"]
+
+# The arms of this bench (one registry): name -> its second tuned axis (None: nothing to tune).
+ARMS: dict[str, str | None] = {
+    "sft": None, "dtrpo": "beta", "dpo-exact": "beta", "dpo-d1": "beta", "dpo-elbo": "beta",
+    "grpo": "kl_coef", "wd1": "wd1_neg",
+}  # fmt: skip
+VERSUS = ("sft", "dpo-exact", "dpo-d1")  # dtrpo − each, with intervals
 
 
 @dataclass(frozen=True)
@@ -47,172 +65,267 @@ class BenchConfig:
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     n_train: int = 2000  # SFT items per task
-    n_test: int = 200  # held-out items per task (final accuracy)
-    n_curve: int = 100  # held-out items per task for the checkpoints along training
+    n_test: int = 200  # test items per task
     n_pair_prompts: int = 200  # per task
     k: int = 8
-    seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = ("dtrpo", "dpo-exact", "dpo-d1", "dpo-elbo", "grpo", "wd1")
-    steps: int = 120
-    batch_pairs: int = 16
-    # lr and β: the best held-out-validation setting of a small dtrpo sweep (see docs), used
-    # unchanged for every arm; larger steps degraded every arm we tried.
-    lr: float = 1e-4
-    beta: float = 2.0
-    checkpoints: int = 4  # evaluations along training
+    dev_seed: int = 0  # tuning (its reference and pairs) and the estimator study
+    seeds: tuple[int, ...] = (1, 2, 3)  # test seeds: an SFT reference and pair set each
+    arms: tuple[str, ...] = tuple(ARMS)
+    steps: int = DEFAULTS["steps"]
+    batch_pairs: int = DEFAULTS["batch_size"]
+    lr_grid: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
+    axis_grid: dict = field(default_factory=lambda: {
+        "beta": (0.5, 2.0, 8.0), "kl_coef": (0.01, 0.04, 0.16), "wd1_neg": (0.25, 1.0, 4.0)})  # fmt: skip
+    budget: int = 9  # grid points per tuned arm (the whole 3 x 3 grid)
+    max_widen: int = 2  # values added beyond an edge optimum, per axis, for every arm
     n_est_traj: int = 48  # trajectories for estimator fidelity
     est_draws: int = 32  # draws per stochastic estimator
     est_steps: tuple[int, ...] = (10, 40)  # dtrpo steps of the checkpoints scored
     est_lr: float = 5e-4  # a larger step, to reach a moderate KL for the fidelity study
     est_beta: float = 0.1
     threshold: float = 0.9
-    betas: tuple[float, ...] = (0.1, 0.5)  # extra dtrpo β values (seed 0)
 
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(
-            size="llama-tiny", pretrain_steps=60, pretrain_batch=32, n_train=100, n_test=8, n_curve=4,
-            n_pair_prompts=8, k=4, seeds=(0,), arms=("dtrpo", "dpo-d1"), steps=4,
-            batch_pairs=4, checkpoints=2, n_est_traj=6, est_draws=4, est_steps=(2, 4), lr=5e-4,
-            betas=(),
+            size="llama-tiny", pretrain_steps=40, pretrain_batch=32, n_train=60, n_test=6,
+            n_pair_prompts=6, k=4, seeds=(1, 2), arms=("sft", "dtrpo", "dpo-exact", "dpo-d1"),
+            steps=3, batch_pairs=4, lr_grid=(3e-4, 1e-3), axis_grid={"beta": (2.0,)}, budget=2,
+            max_widen=1, n_est_traj=6, est_draws=3, est_steps=(2, 3),
         )  # fmt: skip
+
+    def grid(self) -> dict[str, dict[str, list]]:
+        """arm -> {axis: values}: the same lr axis and an equally long axis of its own."""
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; choose from: {', '.join(ARMS)}")
+        return {a: {} if ARMS[a] is None else
+                {"lr": list(self.lr_grid), ARMS[a]: list(self.axis_grid[ARMS[a]])}
+                for a in self.arms}  # fmt: skip
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _work(out: Path) -> Path:
-    w = out / ".dtrpo-work"
-    w.mkdir(parents=True, exist_ok=True)
-    return w
-
-
-def reference(cfg: BenchConfig, work: Path, log: Callable[[str], None] = log_stderr) -> DLLM:
-    """The SFT reference (trained once, then loaded)."""
-    from fmlab.dtrpo.data import build_tokenizer
-    from fmlab.dtrpo.train import evaluate, pretrain
-
-    d = _ref_dir(cfg, work)
-    if (d / "model").is_dir():
-        return load_dllm(d / "model")
-    log(f"pre-training the reference ({cfg.pretrain_steps} steps)")
-    model = make_dllm(build_tokenizer(), cfg.size, seed=0)
-    probe = take(dtrpo_splits(n_train=cfg.n_train)["val"], min(cfg.n_test, 50))
-
-    def eval_fn(net):
-        return {"accuracy": evaluate(model, probe)["accuracy"]}
-
-    tcfg = TrainConfig(
-        steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr,
-        warmup_steps=min(100, cfg.pretrain_steps // 10), eval_every=max(cfg.pretrain_steps // 6, 1),
-        ckpt_every=100, seed=0, progress=cfg.pretrain_steps > 500,
-    )  # fmt: skip
-    train = list(dtrpo_splits(n_train=cfg.n_train)["train"])
-    res = pretrain(model, train, tcfg, d / "train", eval_fn=eval_fn)
-    if res.interrupted:
-        raise KeyboardInterrupt
-    atomic_write_json(d / "pretrain.json", {"wall_s": res.wall_s, "history": res.history})
-    save_dllm(model, d / "model", overwrite=True)
-    return model
-
-
-def _ref_dir(cfg: BenchConfig, work: Path) -> Path:
-    key = {k: v for k, v in cfg.to_dict().items()
-           if k.startswith("pretrain") or k in ("size", "n_train")}  # fmt: skip
-    key["probe"] = min(cfg.n_test, 50)  # the items of the accuracy logged while pre-training
-    return work / f"ref-{_digest(key)}"
-
-
 def _digest(obj) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
-_ARM_FIELDS = ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr", "n_train", "n_test", "n_curve",
-               "n_pair_prompts", "k", "steps", "batch_pairs", "lr", "checkpoints", "threshold")  # fmt: skip
+class _Bench:
+    """The bench's stages over one set of splits, each cached under ``work``."""
+
+    def __init__(self, cfg: BenchConfig, splits, work: Path, log):
+        self.cfg, self.work, self.log = cfg, work, log
+        self.train_items = list(splits["train"])
+        self.prompts = take(splits["pairs"], cfg.n_pair_prompts)
+        self.probe = take(splits["val"], min(cfg.n_test, 50))  # logged while pre-training
+        fields_ = ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr", "n_train")
+        self.ref_key = _digest([cfg.to_dict()[f] for f in fields_])
+        self.pair_key = _digest([self.ref_key, cfg.n_pair_prompts, cfg.k])
+        self.pair_checks: dict[int, dict] = {}
+        self._refs: dict[int, DLLM] = {}
+
+    def reference(self, seed: int) -> DLLM:
+        """The SFT reference of ``seed`` (trained once, then loaded)."""
+        from fmlab.dtrpo.data import build_tokenizer
+        from fmlab.dtrpo.train import evaluate, pretrain
+
+        if seed in self._refs:
+            return self._refs[seed]
+        d, cfg = self.work / f"ref-{self.ref_key}-{seed}", self.cfg
+        if not (d / "model").is_dir():
+            self.log(f"seed {seed}: pre-training the SFT reference ({cfg.pretrain_steps} steps)")
+            model = make_dllm(build_tokenizer(), cfg.size, seed=seed)
+            tcfg = TrainConfig(
+                steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr,
+                warmup_steps=min(100, cfg.pretrain_steps // 10), ckpt_every=100, seed=seed,
+                eval_every=max(cfg.pretrain_steps // 6, 1), progress=cfg.pretrain_steps > 500,
+            )  # fmt: skip
+            probe = lambda net: {"val_accuracy": evaluate(model, self.probe)["accuracy"]}  # noqa: E731
+            res = pretrain(model, self.train_items, tcfg, d / "train", eval_fn=probe)
+            atomic_write_json(d / "pretrain.json", {"wall_s": res.wall_s, "history": res.history})
+            save_dllm(model, d / "model", overwrite=True)
+        self._refs[seed] = load_dllm(d / "model")
+        return self._refs[seed]
+
+    def pairs(self, seed: int) -> PairSet:
+        """K reference samples per pair prompt, best vs worst; checked disjoint from val/test."""
+        d = self.work / f"pairs-{self.pair_key}-{seed}"
+        if not (d / "pairs.json").is_file():
+            self.log(f"seed {seed}: sampling {self.cfg.k} answers for {len(self.prompts)} prompts")
+            make_pairs(self.reference(seed), self.prompts, self.cfg.k, seed).save(d, overwrite=True)
+        ps = PairSet.load(d)
+        self.pair_checks[seed] = check_disjoint({"pairs": ps.items})["overlaps"]  # raises
+        return ps
+
+    def train(self, arm: str, settings: dict, seed: int) -> tuple[DLLM, dict]:
+        """``arm`` trained from the seed's reference with ``settings``; its costs."""
+        from fmlab.dtrpo.train import ARMS as TRAINERS
+        from fmlab.dtrpo.train import PrefConfig, save_counter, train_arm
+
+        ref = self.reference(seed)
+        if arm == "sft":
+            return ref, {"policy": 0, "ref": 0, "sampling": 0, "tokens": 0, "total": 0,
+                         "data_forwards": 0, "data_tokens": 0, "train_wall_s": 0.0}  # fmt: skip
+        offline = TRAINERS[arm] is not None
+        ps = self.pairs(seed) if offline else None
+        extra = {k: v for k, v in settings.items() if k != "lr"}
+        tcfg = TrainConfig(steps=self.cfg.steps, batch_size=self.cfg.batch_pairs,
+                           lr=settings["lr"], warmup_steps=DEFAULTS["warmup_steps"],
+                           weight_decay=DEFAULTS["weight_decay"], seed=seed, progress=False)  # fmt: skip
+        run_dir = self.work / f"run-{arm}-{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # an arm is the unit of resumption
+        policy, t0 = ref.copy(), time.perf_counter()
+        _, count = train_arm(policy, ref, PrefConfig(arm=arm, **extra), tcfg, ps, self.prompts,
+                             run_dir)  # fmt: skip
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cost = save_counter(count)
+        cost["data_forwards"] = ps.sampling_forwards if offline else 0
+        cost["data_tokens"] = ps.sampling_tokens if offline else 0
+        cost["train_wall_s"] = time.perf_counter() - t0
+        return policy, cost
+
+    def score_val(self, arm: str, settings: dict, val) -> float:
+        """Tuning: greedy val accuracy of ``arm`` trained at the dev seed."""
+        from fmlab.dtrpo.train import evaluate
+
+        policy, _ = self.train(arm, settings, self.cfg.dev_seed)
+        return evaluate(policy, list(val))["accuracy"]
+
+    def evaluate(self, arm: str, settings: dict, seed: int, test: list) -> dict:
+        """Test metrics of one (arm, seed): accuracy, per-item solved, costs, KL, threshold."""
+        from fmlab.dtrpo.train import evaluate, kl_to_ref
+
+        policy, cost = self.train(arm, settings, seed)
+        greedy = evaluate(policy, test)
+        fast = evaluate(policy, test, SamplerConfig(temperature=0.0, threshold=self.cfg.threshold))
+        out = {"accuracy": greedy["accuracy"], "solved": [float(x) for x in greedy["solved"]],
+               **{f"acc_{t}": v for t, v in greedy["per_task"].items()},
+               "policy_forwards": cost["policy"], "train_forwards": cost["total"],
+               "train_tokens": cost["tokens"], "data_forwards": cost["data_forwards"],
+               "data_tokens": cost["data_tokens"], "train_wall_s": cost["train_wall_s"],
+               "total_forwards": cost["total"] + cost["data_forwards"],
+               "total_tokens": cost["tokens"] + cost["data_tokens"],
+               "threshold_accuracy": fast["accuracy"],
+               "threshold_forwards_per_item": fast["forwards_per_item"],
+               "fwd_per_solved_threshold": fast["forwards_per_solved"] or math.nan}  # fmt: skip
+        out["kl_to_ref"] = 0.0 if arm == "sft" else kl_to_ref(policy, self.reference(seed),
+                                                               test[:96], seed)  # fmt: skip
+        return out
 
 
-def _pairs(cfg: BenchConfig, ref: DLLM, seed: int, work: Path, log) -> PairSet:
-    key = [cfg.to_dict()[f] for f in ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr",
-                                      "n_train", "n_pair_prompts", "k")]  # fmt: skip
-    d = work / f"pairs-{_digest(key)}-{seed}"
-    if (d / "pairs.json").is_file():
-        return PairSet.load(d)
-    log(f"seed {seed}: sampling {cfg.k} answers for {3 * cfg.n_pair_prompts} prompts")
-    with Timer() as t:
-        prompts = take(dtrpo_splits(n_train=cfg.n_train)["pairs"], cfg.n_pair_prompts)
-        ps = make_pairs(ref, prompts, cfg.k, seed)
-    ps.save(d, overwrite=True)
-    atomic_write_json(d / "timing.json", {"wall_s": t.s})
-    return ps
+def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = log_stderr) -> list[Path]:
+    """Every stage (each resumable); writes estimators.json and training.json with plots."""
+    out = Path(out)
+    work = out / ".dtrpo-work"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    splits = dtrpo_splits(n_train=cfg.n_train, dev_seeds=(cfg.dev_seed,), test_seeds=cfg.seeds)
+    bench = _Bench(cfg, splits, work, log)
+    memo = Memo(work / "memo.json", key=cfg.to_dict())
+    with splits.design("estimator fidelity at the dev seed"):
+        est = memo.get_or_compute("estimators", lambda: _estimators(cfg, bench, log))
+    tuning = tune(list(cfg.arms), cfg.grid(), bench.score_val, val=splits["val"],
+                  budget=cfg.budget, max_widen=cfg.max_widen, seed=cfg.dev_seed, memo=memo)  # fmt: skip
+    splits.open_test("every tuned arm at the test seeds, once")
+    test = take(splits["test"], cfg.n_test)
+    runs = run_arms(tuning.chosen, splits.test_seeds,
+                    lambda arm, s, seed: bench.evaluate(arm, s, seed, test), memo, log=log)  # fmt: skip
+    for seed in splits.test_seeds:  # the run-time check of the pair sets actually used
+        if any(a != "sft" for a in cfg.arms):
+            bench.pairs(seed)
+    wall = time.perf_counter() - t0
+    return [_estimators_record(cfg, est, out, wall),
+            _training_record(cfg, splits, tuning, runs, bench, out, wall)]  # fmt: skip
 
 
-def _eval_both(model: DLLM, test, cfg: BenchConfig) -> dict:
-    from fmlab.dtrpo.train import evaluate
+def _training_record(cfg, splits, tuning, runs, bench, out: Path, wall: float) -> Path:
+    lead = "dtrpo" if "dtrpo" in runs.values else cfg.arms[0]
+    ivs = [compare(runs, lead, b, "accuracy", items="solved") for b in VERSUS
+           if b in runs.values and b != lead]  # fmt: skip
+    summary = runs.summary()
+    for arm, s in summary.items() if "sft" in summary else ():
+        gains = [
+            a - b
+            for a, b in zip(
+                runs.per_seed(arm, "accuracy"), runs.per_seed("sft", "accuracy"), strict=True
+            )
+        ]
+        s["gain_over_sft"] = mean_std(gains)
+    plots = ["accuracy_vs_cost.png", "intervals.png"]
+    _cost_plot(summary, out / plots[0])
+    interval_plot(out / plots[1], ivs, title="dtrpo − baseline, test accuracy")
+    ref_hist = {s: read_json(bench.work / f"ref-{bench.ref_key}-{s}" / "pretrain.json")["history"]
+                for s in (cfg.dev_seed, *cfg.seeds)}  # fmt: skip
+    rec = ResultRecord(
+        method="dtrpo",
+        claim="dTRPO (one forward per response, block-attention layout) improves held-out "
+        "accuracy over the SFT reference like exact-trajectory DPO at a fraction of its "
+        "training forwards, and beats the d1 one-pass estimator at equal cost.",
+        setup={
+            **cfg.to_dict(),
+            "command": "fmlab dtrpo bench",
+            "test_items": 3 * cfg.n_test,
+            "pair_prompt_checks": {str(k): v for k, v in bench.pair_checks.items()},
+            "pretrain_history": ref_hist,
+        },
+        metrics=summary.get(lead, {}),
+        baselines={a: s for a, s in summary.items() if a != lead},
+        wall_s=wall,
+        plots=plots,
+        notes=[
+            *[
+                f"{p.a} − {p.b} test accuracy: {format_delta(p)} per item (bootstrap over "
+                f"{p.per_item.n} test items, seed-averaged); per seed "
+                f"{format_delta(p.per_seed) if p.per_seed else 'n/a'} (t, {len(cfg.seeds)} seeds)"
+                for p in ivs
+            ],
+            f"Every arm was tuned on the val split ({len(splits['val'])} items) at dev seed "
+            f"{cfg.dev_seed} with the same budget ({cfg.budget} grid points, up to "
+            f"{cfg.max_widen} widenings per axis); the test split ({3 * cfg.n_test} items) was "
+            f"opened once, after tuning, for test seeds {list(cfg.seeds)}, each with its own "
+            "SFT reference and pair set.",
+            "Greedy decoding, low-confidence remasking, 4 steps per block; threshold_* use "
+            f"confidence-threshold decoding at {cfg.threshold}.",
+            "Costs: train_forwards = policy (with backward) + reference + online sampling "
+            "forwards, a packed forward counting as one; *_tokens are the tokens those "
+            "forwards processed; data_* is the reference's sampling of the pairs (offline "
+            "arms); total_* adds both.",
+            "grpo uses one gradient step per sampled batch (μ = 1), so PPO clipping is inactive.",
+        ],
+        headline=["accuracy", "gain_over_sft", "policy_forwards", "train_tokens"],
+        **record_fields(splits, tuning, ivs),
+    )
+    return write_record(rec, out / "training.json")
 
-    greedy = evaluate(model, test, SamplerConfig(temperature=0.0))
-    fast = evaluate(model, test, SamplerConfig(temperature=0.0, threshold=cfg.threshold))
-    return {"greedy": greedy, "threshold": fast}
+
+def _cost_plot(summary: dict, path: Path) -> None:
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm, s in summary.items():
+        x = max(s["train_forwards"]["mean"], 1.0)
+        ax.errorbar(x, s["accuracy"]["mean"], yerr=s["accuracy"]["std"] or 0.0, marker="o",
+                    capsize=3, label=arm)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training forward passes (policy + reference + online sampling; sft at 1)")
+    ax.set_ylabel("test greedy accuracy (3 tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, plt, path)
 
 
-def _run_arm(cfg, ref, pairs, arm, seed, beta, test, work, log) -> dict:
-    import shutil
-
-    from fmlab.dtrpo.train import PrefConfig, evaluate, kl_to_ref, save_counter, train_arm
-
-    run_dir = work / f"run-{arm}-{seed}-{beta}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # an arm is the unit of resumption
-    policy = ref.copy()
-    pcfg = PrefConfig(arm=arm, beta=beta)
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_pairs, lr=cfg.lr, warmup_steps=10,
-                       weight_decay=0.0, seed=seed, progress=False, log_every=10)  # fmt: skip
-    prompts = take(dtrpo_splits(n_train=cfg.n_train)["pairs"], cfg.n_pair_prompts)
-    data_fwd = pairs.sampling_forwards if pcfg.arm not in ("grpo", "wd1") else 0
-    curve_items = test[: 3 * cfg.n_curve]
-    before = evaluate(ref, curve_items)
-    curve = [{"step": 0, "train_forwards": 0, "total_forwards": data_fwd,
-              "accuracy": before["accuracy"]}]  # fmt: skip
-    totals = {"policy": 0, "ref": 0, "sampling": 0, "tokens": 0, "total": 0}
-    wall = 0.0
-    log(f"seed {seed}: training {arm} (β={beta})")
-    for c in range(1, cfg.checkpoints + 1):
-        stop = cfg.steps * c // cfg.checkpoints
-        with Timer() as t:
-            res, count = train_arm(policy, ref, pcfg, tcfg, pairs, prompts, run_dir, stop_at=stop)
-        wall += t.s
-        for k, v in save_counter(count).items():
-            totals[k] += v
-        ev = evaluate(policy, curve_items)
-        curve.append({"step": res.steps, "train_forwards": totals["total"],
-                      "total_forwards": totals["total"] + data_fwd, "accuracy": ev["accuracy"],
-                      "loss": res.train_loss})  # fmt: skip
-    after = _eval_both(policy, test, cfg)
-    kl_items = test[: min(len(test), 96)]
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return {
-        "after": after,
-        "curve": curve,
-        "counts": totals,
-        "data_sampling_forwards": data_fwd,
-        "train_wall_s": wall,
-        "kl_to_ref": kl_to_ref(policy, ref, kl_items, seed),
-        "pairs": len(pairs),
-    }
-
-
-def _estimators(cfg: BenchConfig, ref: DLLM, pairs: PairSet, work: Path, log) -> dict:
-    import shutil
-
+def _estimators(cfg: BenchConfig, bench: _Bench, log) -> dict:
+    """Every estimator of log π_θ/π_ref(τ) against the exact value on reference trajectories of
+    the dev seed, at dtrpo checkpoints of small and moderate KL; the packed single pass
+    against N_B separate passes (float32 and float64)."""
     from fmlab.dtrpo.estimators import estimate, single_pass_max_abs_diff
     from fmlab.dtrpo.sampler import Trajectories
     from fmlab.dtrpo.train import PrefConfig, train_arm
 
-    n = min(cfg.n_est_traj // 2, len(pairs))
-    idx = torch.arange(n)
+    ref, pairs = bench.reference(cfg.dev_seed), bench.pairs(cfg.dev_seed)
+    idx = torch.arange(min(cfg.n_est_traj // 2, len(pairs)))
     traj = Trajectories.cat([pairs.chosen.select(idx), pairs.rejected.select(idx)])
-    policy = ref.copy()
-    run_dir = work / "est-run"
+    policy, run_dir = ref.copy(), bench.work / "est-run"
     shutil.rmtree(run_dir, ignore_errors=True)
     tcfg = TrainConfig(steps=max(cfg.est_steps), batch_size=cfg.batch_pairs, lr=cfg.est_lr,
                        warmup_steps=0, weight_decay=0.0, seed=0, progress=False)  # fmt: skip
@@ -225,60 +338,44 @@ def _estimators(cfg: BenchConfig, ref: DLLM, pairs: PairSet, work: Path, log) ->
                   out_dir=run_dir, stop_at=stop)  # fmt: skip
         log(f"estimators at dtrpo step {stop}")
         with torch.no_grad():
-            t0 = time.perf_counter()
-            ex_p, ex_r = estimate(policy, traj, "exact"), estimate(ref, traj, "exact")
-            exact_s = time.perf_counter() - t0
-            exact = ex_p.value - ex_r.value
+            exact = estimate(policy, traj, "exact").value - estimate(ref, traj, "exact").value
             row = {"step": stop, "kl_proxy_mean_abs_exact": float(exact.abs().mean()),
-                   "exact": exact.tolist(),
-                   "exact_forwards": float((ex_p.forwards + ex_r.forwards).float().mean()),
-                   "exact_s_per_traj": exact_s / len(traj), "estimators": {}}  # fmt: skip
+                   "exact": exact.tolist(), "exact_forwards": float(2 * traj.forwards.float().mean()),
+                   "estimators": {}}  # fmt: skip
             for name, kw in specs.items():
                 est = "tracerl" if name.startswith("tracerl") else name.split("-")[0]
-                draws, fwd, t0 = [], 0.0, time.perf_counter()
+                draws, fwd = [], 0.0
                 for r in range(cfg.est_draws):
-                    p, q = (
-                        estimate(policy, traj, est, seed=r, **kw),
-                        estimate(ref, traj, est, seed=r, **kw),
-                    )
+                    p, q = estimate(policy, traj, est, r, **kw), estimate(ref, traj, est, r, **kw)
                     draws.append(p.value - q.value)
                     fwd = float((p.forwards + q.forwards).float().mean())
-                secs = (time.perf_counter() - t0) / (cfg.est_draws * len(traj))
-                D = torch.stack(draws)  # (R, N)
-                bias = D.mean(0) - exact
-                se = (
-                    D.std(0) / math.sqrt(cfg.est_draws)
-                    if cfg.est_draws > 1
-                    else torch.zeros_like(bias)
-                )
-                row["estimators"][name] = {
-                    "bias_mean": float(bias.mean()),
-                    "bias_abs_mean": float(bias.abs().mean()),
-                    "bias_over_se_max": float((bias.abs() / se.clamp(min=1e-9)).max())
-                    if float(se.max()) > 0
-                    else None,
-                    "variance_mean": float(D.var(0).mean()) if cfg.est_draws > 1 else 0.0,
-                    "rmse_single_draw": float(((D - exact) ** 2).mean().sqrt()),
-                    "corr_single_draw": _corr(D[0], exact),
-                    "corr_mean_of_draws": _corr(D.mean(0), exact),
-                    "forwards_per_estimate": fwd,
-                    "s_per_estimate": secs,
-                    "single_draw": D[0].tolist(),
-                }
-            # The layout is exact in exact arithmetic; float32 leaves rounding of the order of
-            # 1e-5 on log-probs near -15 (different key counts change the summation order).
-            # The same check in float64 measures the layout itself.
-            for m in (policy, ref):
+                row["estimators"][name] = _fidelity(torch.stack(draws), exact, fwd)
+            for m in (policy, ref):  # float64 measures the layout; float32 adds rounding
                 out["single_pass_max_abs_diff_fp32"] = max(
                     out["single_pass_max_abs_diff_fp32"], single_pass_max_abs_diff(m, traj)
                 )
                 out["single_pass_max_abs_diff"] = max(
                     out["single_pass_max_abs_diff"],
-                    single_pass_max_abs_diff(m.copy(torch.float64), traj),
-                )
+                    single_pass_max_abs_diff(m.copy(torch.float64), traj))  # fmt: skip
         out["checkpoints"].append(row)
     shutil.rmtree(run_dir, ignore_errors=True)
     return out
+
+
+def _fidelity(D: torch.Tensor, exact: torch.Tensor, fwd: float) -> dict:
+    """Bias, variance and correlation of R draws ``D`` (R, N) against ``exact`` (N,)."""
+    R = len(D)
+    bias = D.mean(0) - exact
+    se = D.std(0) / math.sqrt(R) if R > 1 else torch.zeros_like(bias)
+    return {
+        "bias_mean": float(bias.mean()), "bias_abs_mean": float(bias.abs().mean()),
+        "bias_over_se_max": float((bias.abs() / se.clamp(min=1e-9)).max())
+        if float(se.max()) > 0 else None,
+        "variance_mean": float(D.var(0).mean()) if R > 1 else 0.0,
+        "rmse_single_draw": float(((D - exact) ** 2).mean().sqrt()),
+        "corr_single_draw": _corr(D[0], exact), "corr_mean_of_draws": _corr(D.mean(0), exact),
+        "forwards_per_estimate": fwd, "single_draw": D[0].tolist(),
+    }  # fmt: skip
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -287,169 +384,10 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
-def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = log_stderr) -> list[Path]:
-    """Run every stage (resuming finished ones); write estimators.json and training.json."""
-    out = Path(out)
-    work = _work(out)
-    t0 = time.perf_counter()
-    ref = reference(cfg, work, log)
-    splits = dtrpo_splits(n_train=cfg.n_train)
-    test = take(splits.open_test()["test"], cfg.n_test)
-    memo = Memo(work / f"memo-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
-    base = memo.get_or_compute("reference", lambda: _eval_both(ref, test, cfg))
-    runs: dict[str, list[dict]] = {}
-    pairs0 = None
-    for seed in cfg.seeds:
-        pairs = _pairs(cfg, ref, seed, work, log)
-        pairs0 = pairs0 or pairs
-        for arm in cfg.arms:
-            r = memo.get_or_compute(f"{arm}:{seed}:{cfg.beta}",
-                         lambda a=arm, s=seed, p=pairs: _run_arm(cfg, ref, p, a, s, cfg.beta, test, work, log))  # fmt: skip
-            runs.setdefault(arm, []).append(r)
-    sweep = {}
-    for beta in cfg.betas:
-        sweep[beta] = memo.get_or_compute(f"dtrpo:{cfg.seeds[0]}:{beta}",
-                               lambda b=beta: _run_arm(cfg, ref, pairs0, "dtrpo", cfg.seeds[0], b, test, work, log))  # fmt: skip
-    sweep[cfg.beta] = runs["dtrpo"][0] if "dtrpo" in runs else None
-    est_key = (f"estimators-v2:{cfg.n_est_traj}:{cfg.est_draws}:{list(cfg.est_steps)}:"
-               f"{cfg.est_lr}:{cfg.est_beta}")  # fmt: skip
-    est = memo.get_or_compute(est_key, lambda: _estimators(cfg, ref, pairs0, work, log))
-    wall = time.perf_counter() - t0
-    ref_meta = read_json(_ref_dir(cfg, work) / "pretrain.json")
-    paths = [
-        _estimators_record(cfg, est, out, wall),
-        _training_record(cfg, base, runs, sweep, ref_meta, out, wall),
-    ]
-    return paths
-
-
-def _paired_ci(runs: list[dict], base: dict, n_boot: int = 4000) -> tuple[float, float, float]:
-    """95% bootstrap interval over test items of the seed-averaged paired gain, and the
-    bootstrap share of gains <= 0 (a one-sided p-value for "no gain")."""
-    ref = torch.tensor(base["greedy"]["solved"], dtype=torch.float32)
-    after = torch.tensor([r["after"]["greedy"]["solved"] for r in runs], dtype=torch.float32)
-    diff = (after - ref).mean(0)  # (items,) gain per item, averaged over seeds
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(len(diff), (n_boot, len(diff)), generator=g)
-    boots = diff[idx].mean(1)
-    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975])).tolist()
-    return lo, hi, float((boots <= 0).float().mean())
-
-
-def _arm_row(runs: list[dict], base: dict) -> dict:
-    acc = [r["after"]["greedy"]["accuracy"] for r in runs]
-    b = base["greedy"]["accuracy"]
-    lo, hi, p = _paired_ci(runs, base)
-    row = {
-        "accuracy": mean_std(acc),
-        "gain": mean_std([a - b for a in acc]),
-        "gain_ci95_lo": lo,
-        "gain_ci95_hi": hi,
-        "p_no_gain": p,
-        "train_forwards": mean_std([r["counts"]["total"] for r in runs])["mean"],
-        "policy_forwards": mean_std([r["counts"]["policy"] for r in runs])["mean"],
-        "data_forwards": mean_std([r["data_sampling_forwards"] for r in runs])["mean"],
-        "train_wall_s": mean_std([r["train_wall_s"] for r in runs])["mean"],
-        "kl_to_ref": mean_std([r["kl_to_ref"] for r in runs]),
-        "fwd_per_solved_threshold": mean_std(
-            [r["after"]["threshold"]["forwards_per_solved"] or float("nan") for r in runs]
-        )["mean"],
-        "threshold_accuracy": mean_std([r["after"]["threshold"]["accuracy"] for r in runs]),
-    }
-    for task in runs[0]["after"]["greedy"]["per_task"]:
-        row[f"acc_{task}"] = mean_std([r["after"]["greedy"]["per_task"][task] for r in runs])
-    return row
-
-
-def _training_record(cfg, base, runs, sweep, ref_meta, out: Path, wall: float) -> Path:
-    from fmlab.core.results import figure, save_figure
-
-    rows = {arm: _arm_row(rs, base) for arm, rs in runs.items()}
-    ref_row = {
-        "accuracy": base["greedy"]["accuracy"],
-        "gain": 0.0,
-        "fwd_per_solved_threshold": base["threshold"]["forwards_per_solved"],
-        "threshold_accuracy": base["threshold"]["accuracy"],
-        **{f"acc_{t}": v for t, v in base["greedy"]["per_task"].items()},
-    }
-    lead = "dtrpo" if "dtrpo" in rows else next(iter(rows))
-    metrics = dict(rows[lead])
-    exact_fwd = rows.get("dpo-exact", {}).get("policy_forwards")
-    if exact_fwd:
-        metrics["policy_forwards_vs_exact"] = rows[lead]["policy_forwards"] / exact_fwd
-    metrics["beta_sweep"] = {
-        str(b): {"accuracy": r["after"]["greedy"]["accuracy"], "kl_to_ref": r["kl_to_ref"]}
-        for b, r in sorted(sweep.items()) if r is not None
-    }  # fmt: skip
-    metrics["curves"] = {
-        arm: [
-            {"train_forwards": mean_std([r["curve"][i]["train_forwards"] for r in rs])["mean"],
-             "total_forwards": mean_std([r["curve"][i]["total_forwards"] for r in rs])["mean"],
-             "accuracy": mean_std([r["curve"][i]["accuracy"] for r in rs])}
-            for i in range(len(rs[0]["curve"]))
-        ]
-        for arm, rs in runs.items()
-    }  # fmt: skip
-    metrics["pretrain_history"] = ref_meta["history"]
-    baselines = {arm: row for arm, row in rows.items() if arm != lead}
-    baselines["sft-reference"] = ref_row
-
-    plt = figure()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for arm, pts in metrics["curves"].items():
-        pts = pts[1:]  # step 0 (no training forwards) is the reference line
-        x = [p["train_forwards"] for p in pts]
-        y = [p["accuracy"]["mean"] for p in pts]
-        e = [p["accuracy"]["std"] for p in pts]
-        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=arm)
-    ax.set_xscale("log")
-    ax.set_xlabel("training forward passes (policy + reference + online sampling)")
-    ax.set_ylabel("held-out greedy accuracy (3 tasks)")
-    ax.axhline(base["greedy"]["accuracy"], color="grey", ls=":", label="SFT reference")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, plt, out / "accuracy_vs_forwards.png")
-
-    rec = ResultRecord(
-        method="dtrpo",
-        claim="dTRPO (one forward per response, block-attention layout) improves held-out "
-        "accuracy over the SFT reference like exact-trajectory DPO at a fraction of its "
-        "training forwards, and beats the d1 one-pass estimator at equal cost.",
-        setup={**cfg.to_dict(), "command": "fmlab dtrpo bench", "peak_rss_mb": peak_rss_mb()},
-        metrics=metrics,
-        baselines=baselines,
-        wall_s=wall,
-        plots=["accuracy_vs_forwards.png"],
-        notes=[
-            "Accuracy: greedy decoding (low-confidence remasking, 4 steps per block) on "
-            f"{cfg.n_test} held-out items per task ({cfg.n_curve} per task at the checkpoints "
-            f"along training); mean ± std over seeds {list(cfg.seeds)} "
-            "(pair sampling, batch order and estimator draws vary; the SFT reference is one "
-            "model shared by every seed).",
-            "train_forwards counts sequence forwards: policy (with backward) + reference (no "
-            "grad) + online sampling; a packed [prompt|clean|noised] forward counts as one.",
-            "data_forwards: the reference's sampling of K answers per prompt (offline arms).",
-            "gain_ci95_lo/hi: 95% bootstrap interval over test items of the paired gain "
-            "(seed-averaged, same items as the reference); p_no_gain: bootstrap share <= 0.",
-            "The bench memoises finished stages; after a resumed run wall_s covers only that "
-            "run, while train_wall_s (per arm) is always the measured training time.",
-            "grpo uses one gradient step per sampled batch (μ = 1), so PPO clipping is inactive.",
-            f"lr {cfg.lr} and β {cfg.beta} were chosen by a small sweep of the dtrpo arm on a "
-            "validation split (docs/dtrpo.md) and used unchanged for every arm: a choice that "
-            "can favour dtrpo.",
-        ],
-        headline=["gain", "policy_forwards", "kl_to_ref"],
-    )
-    return write_record(rec, out / "training.json")
-
-
 def _estimators_record(cfg, est: dict, out: Path, wall: float) -> Path:
-    from fmlab.core.results import figure, save_figure
-
     last = est["checkpoints"][-1]
-    metrics: dict = {"single_pass_max_abs_diff": est["single_pass_max_abs_diff"],
-                     "single_pass_max_abs_diff_fp32": est["single_pass_max_abs_diff_fp32"],
-                     "n_trajectories": est["n_trajectories"], "draws": cfg.est_draws}  # fmt: skip
+    metrics: dict = {k: est[k] for k in ("single_pass_max_abs_diff",
+                     "single_pass_max_abs_diff_fp32", "n_trajectories")} | {"draws": cfg.est_draws}  # fmt: skip
     for ck in est["checkpoints"]:
         metrics[f"step{ck['step']}"] = {
             "mean_abs_exact_log_ratio": ck["kl_proxy_mean_abs_exact"],
@@ -460,14 +398,9 @@ def _estimators_record(cfg, est: dict, out: Path, wall: float) -> Path:
     rows = {n: {"corr": e["corr_single_draw"], "bias_abs": e["bias_abs_mean"],
                 "variance": e["variance_mean"], "forwards": e["forwards_per_estimate"]}
             for n, e in last["estimators"].items()}  # fmt: skip
-    rows["exact"] = {
-        "corr": 1.0,
-        "bias_abs": 0.0,
-        "variance": 0.0,
-        "forwards": last["exact_forwards"],
-    }
+    rows["exact"] = {"corr": 1.0, "bias_abs": 0.0, "variance": 0.0,
+                     "forwards": last["exact_forwards"]}  # fmt: skip
     metrics.update(rows.pop("dtrpo"))
-
     plt = figure()
     names = list(last["estimators"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2))
@@ -482,7 +415,6 @@ def _estimators_record(cfg, est: dict, out: Path, wall: float) -> Path:
         ax.set_xlabel("exact log-ratio")
     axes[0].set_ylabel("one estimate")
     save_figure(fig, plt, out / "estimator_scatter.png")
-
     rec = ResultRecord(
         method="dtrpo",
         claim="The one-forward dTRPO estimator is unbiased for the exact trajectory log-ratio "
@@ -494,16 +426,13 @@ def _estimators_record(cfg, est: dict, out: Path, wall: float) -> Path:
         plots=["estimator_scatter.png"],
         notes=[
             f"Estimates of log π_θ/π_ref(τ) on {est['n_trajectories']} reference trajectories "
-            f"with π_θ = dTRPO after {[c['step'] for c in est['checkpoints']]} steps; the table "
-            "is the last checkpoint. corr: Pearson r of ONE draw with the exact value; bias: "
-            f"mean |mean of {cfg.est_draws} draws − exact|; forwards: both models, per estimate.",
+            f"(dev seed {cfg.dev_seed}) with π_θ = dTRPO after "
+            f"{[c['step'] for c in est['checkpoints']]} steps; the table is the last "
+            "checkpoint. corr: Pearson r of ONE draw with the exact value; bias: mean |mean "
+            f"of {cfg.est_draws} draws − exact|; forwards: both models, per estimate.",
             "single_pass_max_abs_diff: max |Δ| over every per-token log-prob between the packed "
             "one-forward pass and N_B separate passes, both models, both checkpoints, in "
-            "float64 (the layout itself); single_pass_max_abs_diff_fp32 is the same in float32, "
-            "where attention over different key counts sums in a different order.",
-            "bias_over_se_max: the largest |mean of draws − exact| / (its standard error) over "
-            "the trajectories; about 3 is what 2 x 48 unbiased z-scores give, ELBO's is larger "
-            "because it estimates the answer's likelihood, not the trajectory's.",
+            "float64 (the layout itself); _fp32 is the same in float32.",
         ],
         headline=["single_pass_max_abs_diff", "corr", "forwards"],
     )
@@ -511,87 +440,8 @@ def _estimators_record(cfg, est: dict, out: Path, wall: float) -> Path:
 
 
 def quick(out_dir: str | Path) -> ResultRecord:
-    """`fmlab demo`'s smoke bench: a tiny model, one seed, two arms."""
+    """`fmlab demo`'s smoke bench: a tiny model, two test seeds, four arms."""
     from fmlab.core.results import load_record
 
     run(BenchConfig.quick(), out_dir, log=lambda m: None)
     return ResultRecord(**load_record(Path(out_dir) / "training.json"))
-
-
-SWEEP_GRID: tuple[tuple[float, float], ...] = (
-    (1e-4, 0.1), (2e-5, 0.1), (1e-4, 0.5), (1e-4, 2.0), (2e-4, 2.0), (2e-4, 5.0),
-    (3e-4, 1.0), (3e-4, 3.0),
-)  # fmt: skip
-
-
-def run_sweep(
-    cfg: BenchConfig,
-    out: str | Path,
-    grid: tuple[tuple[float, float], ...] = SWEEP_GRID,
-    log: Callable[[str], None] = log_stderr,
-) -> Path:
-    """The (lr, β) sweep of the dtrpo arm that chose the bench's setting, on a validation
-    split (50 items per task, disjoint from the test split), seed-0 pairs; writes sweep.json."""
-    import shutil
-
-    from fmlab.dtrpo.train import PrefConfig, evaluate, kl_to_ref, train_arm
-
-    out = Path(out)
-    work = _work(out)
-    t0 = time.perf_counter()
-    ref = reference(cfg, work, log)
-    pairs = _pairs(cfg, ref, cfg.seeds[0], work, log)
-    val = list(dtrpo_splits(n_train=cfg.n_train)["val"])
-    memo = Memo(work / f"sweep-{_digest([cfg.to_dict()[f] for f in _ARM_FIELDS])}.json")
-    base = memo.get_or_compute("reference", lambda: {"accuracy": evaluate(ref, val)["accuracy"]})
-    rows = {}
-    for lr, beta in grid:
-
-        def one(lr=lr, beta=beta) -> dict:
-            log(f"sweep: dtrpo lr {lr} β {beta}")
-            run_dir = work / f"sweep-run-{lr}-{beta}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            pol = ref.copy()
-            tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_pairs, lr=lr, warmup_steps=10,
-                             weight_decay=0.0, seed=0, progress=False)  # fmt: skip
-            accs = []
-            for stop in (cfg.steps // 3, 2 * cfg.steps // 3, cfg.steps):
-                train_arm(pol, ref, PrefConfig(arm="dtrpo", beta=beta), tc, pairs,
-                          out_dir=run_dir, stop_at=stop)  # fmt: skip
-                accs.append(evaluate(pol, val)["accuracy"])
-            shutil.rmtree(run_dir, ignore_errors=True)
-            return {"lr": lr, "beta": beta, "val_accuracy": accs[-1], "curve": accs,
-                    "kl_to_ref": kl_to_ref(pol, ref, val[:60])}  # fmt: skip
-
-        rows[f"lr={lr},beta={beta}"] = memo.get_or_compute(f"{lr}:{beta}", one)
-    best = max(rows, key=lambda k: rows[k]["val_accuracy"])
-    rec = ResultRecord(
-        method="dtrpo",
-        claim="Validation sweep that chose the bench's lr and β for every arm.",
-        setup={
-            "command": "fmlab dtrpo bench --sweep",
-            "val_items": len(val),
-            "steps": cfg.steps,
-            "batch_pairs": cfg.batch_pairs,
-            "seed": cfg.seeds[0],
-        },
-        metrics={
-            "best": best,
-            "val_accuracy": rows[best]["val_accuracy"],
-            "kl_to_ref": rows[best]["kl_to_ref"],
-            "reference_val_accuracy": base["accuracy"],
-        },
-        baselines={
-            k: {"val_accuracy": r["val_accuracy"], "kl_to_ref": r["kl_to_ref"]}
-            for k, r in rows.items()
-            if k != best
-        },
-        wall_s=time.perf_counter() - t0,
-        notes=[
-            "Validation: the val split of fmlab.dtrpo.data.dtrpo_splits (50 items per task), "
-            "disjoint by prompt from the train, pairs and test splits.",
-            "val_accuracy after the last step; the per-row curves are in the memo.",
-        ],
-        headline=["val_accuracy", "kl_to_ref"],
-    )
-    return write_record(rec, out / "sweep.json")

@@ -338,16 +338,13 @@ def convert(
 def bench(
     out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(False, help="a small, fast configuration (smoke test)"),
-    sweep: bool = typer.Option(False, help="run the validation (lr, β) sweep instead"),
 ) -> None:
-    """Estimator fidelity and the training comparison (resumable); writes estimators.json and
-    training.json with plots. --sweep writes sweep.json (how lr and β were chosen)."""
-    from fmlab.dtrpo.bench import BenchConfig, run, run_sweep
+    """Estimator fidelity and the training comparison on the experiment harness (resumable):
+    an SFT reference per seed, every arm tuned on val alike, the test split opened once,
+    paired intervals; writes estimators.json and training.json with plots."""
+    from fmlab.dtrpo.bench import BenchConfig, run
 
     cfg = BenchConfig.quick() if quick else BenchConfig()
     out = bench_out("dtrpo", out, quick)
-    if sweep:
-        typer.echo(str(run_sweep(cfg, out, log=_log)))
-        return
     for path in run(cfg, out, log=_log):
         typer.echo(str(path))
