@@ -279,21 +279,34 @@ def bench_cmd(
 def speed_bench_cmd(
     out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     inputs: str = typer.Option(
-        "smollm2,random-1b,random-1.6b", help="comma-separated: smollm2, random-1b, random-1.6b"
+        "smollm2,random-1b,random-1.6b",
+        help="comma-separated: tiny, smollm2, random-1b, random-1.6b",
     ),
     work: Path = typer.Option(
         None, help="scratch directory for the generated checkpoints (needs ~12 GB)"
     ),
+    shard: str = typer.Option("200MB", help="output shard size of fmlab and matched mergekit"),
+    repeats: int = typer.Option(3, help="interleaved timed repeats per arm"),
+    quick: bool = typer.Option(False, help="tiny inputs, 2 repeats (seconds; claims nothing)"),
 ) -> None:
-    """Time and peak memory against mergekit task_arithmetic (needs the bench extra: make setup)."""
-    from fmlab.param_delta.speed import run_speed
+    """Time and memory against mergekit task_arithmetic at matched and default shard sizes
+    (needs the bench extra: make setup)."""
+    from fmlab.param_delta.speed import SpeedConfig, run_speed
 
-    out = bench_out("param_delta", out)
-    rec = run_speed(
-        out, tuple(x.strip() for x in inputs.split(",") if x.strip()), str(work) if work else None
-    )
-    m = rec.metrics
+    out = bench_out("param_delta", out, quick)
+    if quick:
+        cfg = SpeedConfig.quick()
+    else:
+        kinds = tuple(x.strip() for x in inputs.split(",") if x.strip())
+        cfg = SpeedConfig(kinds=kinds, shard=shard, repeats=repeats)
+    try:
+        rec = run_speed(out, work=str(work) if work else None, cfg=cfg)
+    except FileNotFoundError as e:
+        fail(str(e))
+    m, b = rec.metrics, rec.baselines
+    mk = b["mergekit matched shards"]
     typer.echo(
-        f"fmlab {m['fmlab_wall_s']:.1f} s / {m['fmlab_peak_rss_mb']:.0f} MiB; mergekit {m['mergekit_wall_s']:.1f} s / "
-        f"{m['mergekit_peak_rss_mb']:.0f} MiB; max |diff| {m['max_abs_diff']:.2e}; wrote {out / 'speed.json'}"
+        f"fmlab {m['wall_s']:.1f} s / anon {m['peak_anon_mb']:.0f} MiB; mergekit (matched shards) "
+        f"{mk['wall_s']:.1f} s / anon {mk['peak_anon_mb']:.0f} MiB; max |diff| "
+        f"{m['max_abs_diff']:.2e}; wrote {out / 'speed.json'}"
     )

@@ -17,19 +17,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fmlab.core.checkpoint import TensorSource, TensorSpec, write_sharded
+from fmlab.core.checkpoint import TensorSource, TensorSpec, parse_size, write_sharded
 from fmlab.core.cliutil import log as log_stderr
+from fmlab.core.experiment import timeit_interleaved
 from fmlab.core.models import llama_config
 from fmlab.core.results import ResultRecord, Timer, bar_plot, write_record
 
-__all__ = ["measure", "mergekit_config", "run_speed"]
+__all__ = ["SpeedConfig", "measure", "measure_split", "mergekit_config", "run_speed"]
 
 CLAIM = (
     "Streaming ParamΔ gives the same tensors as mergekit's task_arithmetic while its peak memory "
@@ -149,6 +152,17 @@ def _make_inputs(kind: str, root: Path) -> tuple[dict[str, Path], str]:
                     shutil.copy2(base / f, d / f)
             dirs[name] = d
         return dirs, "float32"
+    if kind == "tiny":  # the quick configuration: seconds, claims nothing
+        cfg = llama_config(
+            1000, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+            intermediate_size=256, tie_word_embeddings=False,
+        )  # fmt: skip
+        dirs = {"base": root / "base"}
+        _write_random_llama(dirs["base"], cfg, torch.float32, 0, "1GB")
+        for name, seed in (("post", 1), ("new", 2)):
+            dirs[name] = root / name
+            _write_random_llama(dirs[name], cfg, torch.float32, seed, "1GB", base=dirs["base"])
+        return dirs, "float32"
     if kind in RANDOM_LAYERS:
         # hidden 2048, FFN 5632, GQA 32/8, vocab 32000: 16 layers ≈ 1.0B parameters (1.6 GiB in
         # bf16), 32 layers ≈ 1.6B (3.0 GiB). Same largest tensor, so the peak memory should not move.
@@ -168,7 +182,7 @@ def _make_inputs(kind: str, root: Path) -> tuple[dict[str, Path], str]:
             _write_random_llama(dirs[name], cfg, torch.bfloat16, seed, "1GB", base=dirs["base"])
         return dirs, "bfloat16"
     raise ValueError(
-        f"unknown input kind {kind!r}; choose one of: smollm2, {', '.join(RANDOM_LAYERS)}"
+        f"unknown input kind {kind!r}; choose one of: tiny, smollm2, {', '.join(RANDOM_LAYERS)}"
     )
 
 
@@ -204,150 +218,239 @@ def _largest_tensor_bytes(d: Path) -> int:
     return max(src.spec(k).nbytes for k in src)
 
 
-def _best(runs: list[dict]) -> dict:
-    """Fastest wall time and highest peak RSS over repeats, with every wall time kept."""
-    return {
-        "wall_s": min(r["wall_s"] for r in runs),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "wall_s_all": [r["wall_s"] for r in runs],
-    }
+# Forks the measured command from a small interpreter and samples /proc/<pid>/status while it
+# runs: RssAnon (heap, the memory a tool really allocates) apart from RssFile (page-cache pages
+# of memory-mapped inputs, which the kernel can reclaim at will and which mmap-reading tools
+# such as mergekit show in their RSS). ru_maxrss from wait4 is the kernel's peak of both.
+_SAMPLER = """
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+while True:
+    done, status, ru = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in peak:
+                    peak[k] = max(peak[k], int(v.split()[0]))
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.005)
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
+               "peak_anon_mb": peak["RssAnon"] / 1024, "peak_file_mb": peak["RssFile"] / 1024,
+               "returncode": os.waitstatus_to_exitcode(status)}, f)
+"""
 
 
-def _bench_one(kind: str, root: Path, log, repeats: int = 2) -> dict:
-    with Timer() as t:
-        dirs, dtype = _make_inputs(kind, root / "inputs")
-    log(f"{kind}: inputs ready in {t.s:.0f} s")
-    fm_out, fm_nohash, mk_out = root / "fmlab_out", root / "fmlab_nohash_out", root / "mergekit_out"
+def measure_split(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` in its own process; wall seconds, peak RSS (wait4) and the sampled peaks of
+    anonymous and file-backed resident memory (MiB, every 5 ms; Linux)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "stats.json"
+        p = subprocess.run(
+            [sys.executable, "-c", _SAMPLER, str(stats), *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        if not stats.is_file():
+            raise RuntimeError(
+                f"measuring {cmd[0]} failed:\n{p.stdout.decode(errors='replace')[-2000:]}"
+            )
+        res = json.loads(stats.read_text())
+    res["output_tail"] = p.stdout.decode(errors="replace")[-2000:]
+    return res
+
+
+@dataclass
+class SpeedConfig:
+    """What the speed bench runs. ``shard`` is the output shard size of fmlab and of the
+    matched mergekit arm (mergekit counts parameters: bytes / element size)."""
+
+    kinds: tuple[str, ...] = ("smollm2", "random-1b", "random-1.6b")
+    shard: str = "200MB"
+    repeats: int = 3
+    warmup: int = 1
+
+    @classmethod
+    def quick(cls) -> SpeedConfig:
+        return cls(kinds=("tiny",), shard="2MB", repeats=2, warmup=0)
+
+
+ARMS = ("fmlab", "fmlab --no-hash", "mergekit matched shards", "mergekit default shards")
+
+
+def _arm_cmds(dirs: dict, dtype: str, root: Path, shard: str) -> dict:
     bin_dir = Path(sys.executable).parent
-    fm_cmd = [
-        str(bin_dir / "fmlab"),
-        "param-delta",
-        "--post",
-        str(dirs["post"]),
-        "--base",
-        str(dirs["base"]),
-        "--new-base",
-        str(dirs["new"]),
-        "--max-shard-size",
-        "2GB",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
-    mk_cfg = root / "mergekit.yml"
-    mk_cfg.write_text(
-        json.dumps(mergekit_config(dirs["post"], dirs["base"], dirs["new"], dtype))
-    )  # JSON is YAML
     mk_bin = bin_dir / "mergekit-yaml"
     if not mk_bin.exists():
         raise FileNotFoundError(
             f"{mk_bin}: mergekit is not installed; install it with: pip install -e '.[bench]'"
         )
-    cmds = {
-        "mergekit": lambda out: [str(mk_bin), str(mk_cfg), str(out), "--quiet", "--lazy-unpickle"],
-        "fmlab": lambda out: [*fm_cmd, "--out", str(out)],
-        "fmlab --no-hash": lambda out: [*fm_cmd, "--out", str(out), "--no-hash"],
-    }
-    outs = {"mergekit": mk_out, "fmlab": fm_out, "fmlab --no-hash": fm_nohash}
-    runs: dict[str, list[dict]] = {k: [] for k in cmds}
-    for rep in range(repeats):  # interleaved, each after a sync: no tool pays another's writeback
-        for name, cmd in cmds.items():
+    fm = [
+        str(bin_dir / "fmlab"), "param-delta", "--post", str(dirs["post"]), "--base",
+        str(dirs["base"]), "--new-base", str(dirs["new"]), "--max-shard-size", shard,
+    ]  # fmt: skip
+    mk_cfg = root / "mergekit.yml"
+    mk_cfg.write_text(json.dumps(mergekit_config(dirs["post"], dirs["base"], dirs["new"], dtype)))
+    elem = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    mk_params = str(parse_size(shard) // elem)  # mergekit's --out-shard-size counts parameters
+    mk = [str(mk_bin), str(mk_cfg), "--quiet", "--lazy-unpickle"]
+    return {
+        "fmlab": lambda o: [*fm, "--out", str(o)],
+        "fmlab --no-hash": lambda o: [*fm, "--out", str(o), "--no-hash"],
+        "mergekit matched shards": lambda o: [
+            *mk[:2],
+            str(o),
+            *mk[2:],
+            "--out-shard-size",
+            mk_params,
+        ],
+        "mergekit default shards": lambda o: [*mk[:2], str(o), *mk[2:]],
+    }, mk_params
+
+
+def _bench_one(kind: str, root: Path, log, cfg: SpeedConfig) -> dict:
+    with Timer() as t:
+        dirs, dtype = _make_inputs(kind, root / "inputs")
+    log(f"{kind}: inputs ready in {t.s:.0f} s")
+    cmds, mk_params = _arm_cmds(dirs, dtype, root, cfg.shard)
+    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    outs = {a: root / f"out_{i}" for i, a in enumerate(ARMS)}
+    runs: dict[str, list[dict]] = {a: [] for a in ARMS}
+
+    def arm(name):
+        def run():
             shutil.rmtree(outs[name], ignore_errors=True)
-            os.sync()
-            r = measure(cmd(outs[name]), env)
+            os.sync()  # no arm pays another's writeback
+            r = measure_split(cmds[name](outs[name]), env)
             if r["returncode"] != 0:
                 raise RuntimeError(f"{name} failed on {kind}:\n{r['output_tail']}")
             runs[name].append(r)
-            log(f"{kind} #{rep}: {name} {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MiB")
-    fm, fm_nh, mk = (_best(runs[k]) for k in ("fmlab", "fmlab --no-hash", "mergekit"))
-    return {
+            log(f"{kind}: {name} {r['wall_s']:.1f} s, anon {r['peak_anon_mb']:.0f} MiB, "
+                f"file {r['peak_file_mb']:.0f} MiB")  # fmt: skip
+
+        return run
+
+    timing = timeit_interleaved({a: arm(a) for a in ARMS}, repeats=cfg.repeats, warmup=cfg.warmup)
+    timed = {a: runs[a][cfg.warmup :] for a in ARMS}  # the warm-up round is not reported
+    row = {
         "model_size_mb": _dir_bytes(dirs["new"]) / 2**20,
         "largest_tensor_mb": _largest_tensor_bytes(dirs["new"]) / 2**20,
         "dtype": dtype,
-        "fmlab_wall_s": fm["wall_s"],
-        "fmlab_peak_rss_mb": fm["peak_rss_mb"],
-        "fmlab_nohash_wall_s": fm_nh["wall_s"],
-        "fmlab_nohash_peak_rss_mb": fm_nh["peak_rss_mb"],
-        "mergekit_wall_s": mk["wall_s"],
-        "mergekit_peak_rss_mb": mk["peak_rss_mb"],
-        "wall_s_all": {
-            "fmlab": fm["wall_s_all"],
-            "fmlab --no-hash": fm_nh["wall_s_all"],
-            "mergekit": mk["wall_s_all"],
-        },
-        "max_abs_diff": _max_abs_diff(fm_out, mk_out),
+        "fmlab_shard": cfg.shard,
+        "mergekit_matched_out_shard_size_params": mk_params,
+        "orders": timing.orders,
+        "arms": {},
+        "max_abs_diff_matched": _max_abs_diff(outs["fmlab"], outs["mergekit matched shards"]),
+        "max_abs_diff_default": _max_abs_diff(outs["fmlab"], outs["mergekit default shards"]),
         "input_gen_s": t.s,
     }
+    for a in ARMS:
+        rs = timed[a]
+        row["arms"][a] = {
+            "wall_s_median": statistics.median(r["wall_s"] for r in rs),
+            "wall_s_all": [r["wall_s"] for r in rs],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "peak_anon_mb": max(r["peak_anon_mb"] for r in rs),
+            "peak_file_mb": max(r["peak_file_mb"] for r in rs),
+        }
+    return row
 
 
 def run_speed(
     out_dir: str | Path,
-    kinds: tuple[str, ...] = ("smollm2", "random-1b", "random-1.6b"),
+    kinds: tuple[str, ...] | None = None,
     work: str | None = None,
     log=log_stderr,
+    cfg: SpeedConfig | None = None,
 ) -> ResultRecord:
-    """Run the speed/memory comparison for each input kind; write ``speed.json`` + plot."""
+    """Run the speed/memory comparison for each input kind; write ``speed.json`` + plots."""
+    cfg = cfg or SpeedConfig()
+    if kinds is not None:
+        cfg.kinds = tuple(kinds)
     out = Path(out_dir)
     rows = {}
     with Timer() as total:
-        for kind in kinds:
+        for kind in cfg.kinds:
             with tempfile.TemporaryDirectory(prefix="fmlab-pd-speed-", dir=work) as tmp:
-                rows[kind] = _bench_one(kind, Path(tmp), log)
-    big = rows[kinds[-1]]
+                rows[kind] = _bench_one(kind, Path(tmp), log, cfg)
+    big = rows[cfg.kinds[-1]]
+    ours = big["arms"]["fmlab"]
     metrics = {
-        k: big[k]
-        for k in (
-            "model_size_mb",
-            "largest_tensor_mb",
-            "fmlab_wall_s",
-            "fmlab_peak_rss_mb",
-            "fmlab_nohash_wall_s",
-            "mergekit_wall_s",
-            "mergekit_peak_rss_mb",
-            "max_abs_diff",
-        )
+        "model_size_mb": big["model_size_mb"],
+        "largest_tensor_mb": big["largest_tensor_mb"],
+        "wall_s": ours["wall_s_median"],
+        "peak_rss_mb": ours["peak_rss_mb"],
+        "peak_anon_mb": ours["peak_anon_mb"],
+        "peak_file_mb": ours["peak_file_mb"],
+        "nohash_wall_s": big["arms"]["fmlab --no-hash"]["wall_s_median"],
+        "max_abs_diff": big["max_abs_diff_matched"],
+        "peak_anon_over_largest_tensor": ours["peak_anon_mb"] / big["largest_tensor_mb"],
+        "by_input": rows,
     }
-    metrics["peak_rss_over_largest_tensor"] = big["fmlab_peak_rss_mb"] / big["largest_tensor_mb"]
-    metrics["by_input"] = rows
     baselines = {
-        "mergekit task_arithmetic": {
-            "wall_s": big["mergekit_wall_s"],
-            "peak_rss_mb": big["mergekit_peak_rss_mb"],
-        },
+        a: {
+            "wall_s": big["arms"][a]["wall_s_median"],
+            "peak_rss_mb": big["arms"][a]["peak_rss_mb"],
+            "peak_anon_mb": big["arms"][a]["peak_anon_mb"],
+            "peak_file_mb": big["arms"][a]["peak_file_mb"],
+        }
+        for a in ARMS[1:]
     }
-    metrics.update({"wall_s": big["fmlab_wall_s"], "peak_rss_mb": big["fmlab_peak_rss_mb"]})
-    for key, fname, label in (
-        ("peak_rss_mb", "speed_rss.png", "peak RSS (MiB)"),
-        ("wall_s", "speed_wall.png", "wall time (s)"),
+    plots = []
+    for key, label in (
+        ("peak_anon_mb", "peak anonymous RSS (MiB)"),
+        ("wall_s_median", "wall time (s)"),
     ):
+        name = f"speed_{key}.png"
         bar_plot(
-            out / fname,
-            {
-                f"{tool} {kind}": rows[kind][f"{tool}_{key}"]
-                for kind in kinds
-                for tool in ("fmlab", "mergekit")
-            },
+            out / name,
+            {f"{a} {k}": rows[k]["arms"][a][key] for k in cfg.kinds for a in ARMS},
             label,
             f"{label}: fmlab param-delta vs mergekit task_arithmetic",
         )
+        plots.append(name)
     import transformers
 
     rec = ResultRecord(
         method="param_delta",
         claim=CLAIM,
         setup={
-            "inputs": {k: rows[k]["model_size_mb"] for k in kinds},
+            "inputs": {k: rows[k]["model_size_mb"] for k in cfg.kinds},
+            "config": {
+                "kinds": list(cfg.kinds),
+                "shard": cfg.shard,
+                "repeats": cfg.repeats,
+                "warmup": cfg.warmup,
+            },
             "mergekit": _version("mergekit"),
             "transformers": transformers.__version__,
-            "mergekit_recipe": "task_arithmetic, base_model=base, post and new_base weight 1, normalize false, --lazy-unpickle",
-            "measure": "each tool a separate process launched from a small interpreter; wall time and "
-            "peak RSS from os.wait4; 2 interleaved repeats after os.sync(); fastest wall time, highest peak",
+            "mergekit_recipe": "task_arithmetic, base_model=base, post and new_base weight 1, "
+            "normalize false, --lazy-unpickle; 'matched shards' passes --out-shard-size = fmlab's "
+            "shard bytes / element size (mergekit counts parameters), 'default shards' keeps its "
+            "default 5B parameters (one shard holding the whole output)",
+            "measure": "each arm a separate process forked from a small sampler that reads "
+            "/proc/<pid>/status every 5 ms (RssAnon, RssFile) and wait4 (ru_maxrss); arms "
+            "interleaved round-robin with rotated order (core.experiment.timeit_interleaved), "
+            "os.sync() before each; median wall time over repeats, highest peaks",
             "command": "fmlab param-delta speed-bench",
         },
         metrics=metrics,
         baselines=baselines,
-        plots=["speed_rss.png", "speed_wall.png"],
-        headline=["wall_s", "peak_rss_mb", "max_abs_diff"],
+        plots=plots,
+        headline=["wall_s", "peak_anon_mb", "max_abs_diff"],
         notes=[
-            "fmlab_wall_s includes SHA-256 hashing of every input file for the manifest; fmlab_nohash_wall_s skips it."
+            "RssFile is page cache of memory-mapped inputs: reclaimable, counted in RSS; RssAnon "
+            "is what the process allocated. Compare tools on peak_anon_mb.",
+            "fmlab's wall time includes SHA-256 of every input file; 'fmlab --no-hash' skips it.",
         ],
     )
     rec.wall_s = total.s
