@@ -310,3 +310,35 @@ def speed_bench_cmd(
         f"{mk['wall_s']:.1f} s / anon {mk['peak_anon_mb']:.0f} MiB; max |diff| "
         f"{m['max_abs_diff']:.2e}; wrote {out / 'speed.json'}"
     )
+
+
+@app.command("pretrained-bench")
+def pretrained_bench_cmd(
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
+    quick: bool = typer.Option(
+        False, help="1 seed, 2 steps per fine-tune (plumbing; claims nothing)"
+    ),
+    seeds: int = typer.Option(3, help="number of seeds (full run)"),
+    lora_rank: int = typer.Option(0, help="0: full fine-tunes; r: LoRA fine-tunes merged back"),
+    work: Path = typer.Option(
+        Path("runs/param_delta_pretrained"), help="checkpoints and memo (a rerun resumes)"
+    ),
+    model: str = typer.Option("smollm2-135m-instruct", help="bundled name or local HF dir"),
+) -> None:
+    """ParamΔ vs the oracle on the pretrained SmolLM2 (skill fine-tune, knowledge update)."""
+    from fmlab.param_delta.pretrained import PretrainedConfig, run_pretrained
+
+    cfg = (
+        PretrainedConfig.quick(model)
+        if quick
+        else PretrainedConfig(model=model, seeds=tuple(range(seeds)))
+    )
+    cfg.lora_rank = lora_rank or None
+    out = bench_out("param_delta", out, quick)
+    rec = run_pretrained(out, cfg, work=work / ("quick" if quick else "full"))
+    m = rec.metrics
+    typer.echo(
+        f"ParamΔ skill {m['skill_acc']['mean']:.3f}, knowledge {m['knowledge_acc']['mean']:.3f}, "
+        f"over oracle {m['paramdelta_over_oracle']['mean']:.3f} ± "
+        f"{m['paramdelta_over_oracle']['std']:.3f}; wrote {out / 'pretrained_transfer.json'}"
+    )

@@ -1,0 +1,250 @@
+"""ParamΔ on a pretrained model: the bundled SmolLM2-135M-Instruct in float32.
+
+Per seed (every model a full-parameter fine-tune in float32 unless ``lora_rank`` is set, in
+which case each fine-tune is a LoRA merged back into full weights, said so in the record):
+
+- Θ_base: the bundled model as it is.
+- Θ_post: Θ_base fine-tuned on a verifiable skill (3-digit addition with carries, answered
+  as ``<answer>N</answer>`` in the chat template; checked by ``AdditionTask.check``).
+- Θ'_base: Θ_base continued-pretrained on new-knowledge text (statements about invented
+  entities from ``fmlab.core.data.facts``: facts no pretrained model can know).
+- Oracle: the same skill fine-tune applied to Θ'_base.
+- ParamΔ = Θ'_base + (Θ_post − Θ_base), by :func:`fmlab.param_delta.param_delta`.
+
+Every arm is scored on the same held-out items: ``skill_acc`` (right sum in the exact format)
+and ``knowledge_acc`` (plain completion of "X lives in" with the new fact's value); ``score``
+is their mean and ``paramdelta_over_oracle`` its ratio. Arms x seeds through
+``core.experiment.run_arms`` over a ``Memo``, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from fmlab.core.cliutil import log as log_stderr
+from fmlab.core.data import AdditionTask, Document, encode_chat_sft, make_fact_world, pack_documents
+from fmlab.core.evaluate import generate
+from fmlab.core.experiment import Splits, compare, record_fields, run_arms
+from fmlab.core.io import Memo
+from fmlab.core.results import ResultRecord, Timer, mean_std, write_record
+from fmlab.core.train import BlockSampler, TensorSampler, TrainConfig, train
+from fmlab.param_delta.delta import param_delta
+
+__all__ = ["ARMS", "PretrainedConfig", "make_splits", "run_pretrained"]
+
+ARMS = ("paramdelta", "oracle", "post", "new_base", "base")
+CLAIM = (
+    "On a pretrained model (SmolLM2-135M), ParamΔ gives the continued-pretrained base the "
+    "skill fine-tuned into the old base, close to the oracle that redoes the fine-tune, while "
+    "keeping the new knowledge."
+)
+
+
+@dataclass
+class PretrainedConfig:
+    model: str = "smollm2-135m-instruct"  # the bundled model, or any local HF dir
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_entities: int = 40
+    docs_per_entity: int = 6
+    n_skill_train: int = 400
+    n_eval: int = 60
+    sft_steps: int = 150
+    cpt_steps: int = 150
+    batch_size: int = 8
+    seq_len: int = 128
+    sft_lr: float = 2e-5
+    cpt_lr: float = 5e-5
+    lora_rank: int | None = None  # None: full fine-tunes; else LoRA fine-tunes merged back
+
+    @classmethod
+    def quick(cls, model: str = "smollm2-135m-instruct") -> PretrainedConfig:
+        return cls(
+            model=model, seeds=(0,), n_entities=6, docs_per_entity=2, n_skill_train=16,
+            n_eval=4, sft_steps=2, cpt_steps=2, batch_size=2, seq_len=64,
+        )  # fmt: skip
+
+
+def make_splits(seed: int, n_entities: int, n_skill_train: int, n_eval: int) -> dict:
+    """The one function that owns this bench's data: skill train/test, new-knowledge facts."""
+    rng = random.Random(seed)
+    task = AdditionTask(digits=3, min_carries=1)
+    seen: dict[str, object] = {}
+    while len(seen) < n_skill_train + n_eval:  # distinct prompts: train and test never share one
+        e = task.sample(rng)
+        seen.setdefault(e.prompt, e)
+    skill = list(seen.values())
+    facts = make_fact_world(n_entities, seed=seed).facts
+    return {
+        "train": [{"prompt": e.prompt, "answer": e.answer, "meta": e.meta} for e in skill[n_eval:]],
+        "test": [{"prompt": e.prompt, "answer": e.answer, "meta": e.meta} for e in skill[:n_eval]],
+        "knowledge": [
+            {"prompt": f.prefix(), "answer": f.value, "statement": f.statement(0)}
+            for f in facts[: max(n_eval, 1)]
+        ],
+        "knowledge_text": [
+            {"prompt": f"{f.entity}/{f.relation}/{k}", "text": f.statement(k % 8)}
+            for f in facts
+            for k in range(1)
+        ],
+    }
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _fit(src, dst: Path, sampler, steps: int, lr: float, cfg: PretrainedConfig, seed: int):
+    from fmlab.core.models import resolve_model_dir
+
+    src_dir = resolve_model_dir(str(src))
+    model = _load(src_dir).train()
+    if cfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules="all-linear"),
+        )
+    tc = TrainConfig(
+        steps=steps, batch_size=cfg.batch_size, lr=lr, warmup_steps=max(1, steps // 10),
+        log_every=max(1, steps // 4), seed=seed, progress=False,
+    )  # fmt: skip
+    train(model, sampler, tc).raise_if_signalled("param-delta pretrained bench")
+    if cfg.lora_rank:
+        model = model.merge_and_unload()
+    model.save_pretrained(dst)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(src_dir).save_pretrained(dst)
+    return dst
+
+
+def _skill_acc(model, tok, items) -> float:
+    outs = generate(model, tok, [x["prompt"] for x in items], max_new_tokens=12, chat=True)
+    task = AdditionTask(digits=3, min_carries=1)
+    ok = [
+        bool(m) and task.check(x["meta"], m.group(1))
+        for x, m in (
+            (x, re.fullmatch(r"\s*<answer>(-?\d+)</answer>\s*", o))
+            for x, o in zip(items, outs, strict=True)
+        )
+    ]
+    return sum(ok) / len(ok)
+
+
+def _knowledge_acc(model, tok, items) -> float:
+    outs = generate(model, tok, [x["prompt"] for x in items], max_new_tokens=4, chat=False)
+    return sum(
+        re.findall(r"[A-Za-z]+", o)[:1] == [x["answer"]] for x, o in zip(items, outs, strict=True)
+    ) / len(items)
+
+
+def _models_for_seed(cfg: PretrainedConfig, seed: int, work: Path, log) -> dict[str, Path]:
+    from transformers import AutoTokenizer
+
+    from fmlab.core.models import resolve_model_dir
+
+    base = resolve_model_dir(cfg.model)
+    d = make_splits(seed, cfg.n_entities, cfg.n_skill_train, cfg.n_eval)
+    tok = AutoTokenizer.from_pretrained(base)
+    pairs = [(x["prompt"], f"<answer>{x['answer']}</answer>") for x in d["train"]]
+    sft = TensorSampler(*encode_chat_sft(tok, pairs, chat=True), seed=seed)
+    docs = [Document(x["prompt"], x["text"], "facts") for x in d["knowledge_text"]]
+    cpt = BlockSampler(pack_documents(tok, docs * cfg.docs_per_entity, cfg.seq_len), seed=seed)
+    out = {"base": base}
+    paths = {k: work / f"seed{seed}_{k}" for k in ("post", "new_base", "oracle", "paramdelta")}
+    if not paths["post"].is_dir():
+        _fit(base, paths["post"], sft, cfg.sft_steps, cfg.sft_lr, cfg, seed)
+    if not paths["new_base"].is_dir():
+        _fit(base, paths["new_base"], cpt, cfg.cpt_steps, cfg.cpt_lr, cfg, seed)
+    if not paths["oracle"].is_dir():
+        _fit(paths["new_base"], paths["oracle"], sft, cfg.sft_steps, cfg.sft_lr, cfg, seed)
+    if not paths["paramdelta"].is_dir():
+        param_delta(paths["post"], base, paths["new_base"], paths["paramdelta"], hash_inputs=False)
+    log(f"seed {seed}: models ready in {work}")
+    return {**out, **paths}
+
+
+def run_pretrained(
+    out_dir: str | Path,
+    cfg: PretrainedConfig | None = None,
+    work: str | Path | None = None,
+    log=log_stderr,
+) -> ResultRecord:
+    """Train, merge and score every arm at every seed; write ``pretrained_transfer.json``.
+
+    ``work`` keeps the fine-tuned checkpoints and the memo, so a rerun resumes (default: a
+    temporary directory, removed at the end)."""
+    cfg = cfg or PretrainedConfig()
+    out = Path(out_dir)
+    tmp = None
+    if work is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fmlab-pd-pretrained-")
+        work = tmp.name
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    memo = Memo(work / "memo.json", key=asdict(cfg), log=log)
+    cache: dict[int, dict] = {}
+    splits = Splits.build(
+        make_splits, seed=cfg.seeds[0], key=lambda x: x["prompt"], test_seeds=tuple(cfg.seeds),
+        n_entities=cfg.n_entities, n_skill_train=cfg.n_skill_train, n_eval=cfg.n_eval,
+    )  # fmt: skip
+    splits.open_test()
+
+    def evaluate(arm, _settings, seed):
+        from transformers import AutoTokenizer
+
+        if seed not in cache:
+            cache[seed] = _models_for_seed(cfg, seed, work, log)
+        path = cache[seed][arm]
+        d = make_splits(seed, cfg.n_entities, cfg.n_skill_train, cfg.n_eval)
+        model, tok = _load(path), AutoTokenizer.from_pretrained(path)
+        s, k = _skill_acc(model, tok, d["test"]), _knowledge_acc(model, tok, d["knowledge"])
+        return {"skill_acc": s, "knowledge_acc": k, "score": (s + k) / 2}
+
+    with Timer() as total:
+        runs = run_arms(list(ARMS), cfg.seeds, evaluate, memo, log=log)
+    summary = runs.summary()
+    ratios = [
+        p / max(o, 1e-9)
+        for p, o in zip(
+            runs.per_seed("paramdelta", "score"), runs.per_seed("oracle", "score"), strict=True
+        )
+    ]
+    intervals = [compare(runs, "paramdelta", "oracle", "score")] if len(cfg.seeds) > 1 else []
+    rec = ResultRecord(
+        method="param_delta",
+        claim=CLAIM,
+        setup={
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+            "fine_tunes": f"LoRA (rank {cfg.lora_rank}, all linear layers) merged into full weights"
+            if cfg.lora_rank
+            else "full-parameter, float32",
+            "skill": "3-digit addition with a carry, chat template, reply <answer>N</answer>",
+            "new_knowledge": "statements about invented entities (fmlab.core.data.facts)",
+            "command": "fmlab param-delta pretrained-bench",
+        },
+        metrics={**summary["paramdelta"], "paramdelta_over_oracle": mean_std(ratios)},
+        baselines={
+            "oracle (skill SFT on Θ'_base)": summary["oracle"],
+            "Θ_post (skill SFT on Θ_base)": summary["post"],
+            "Θ'_base (continued pretraining)": summary["new_base"],
+            "Θ_base (bundled model)": summary["base"],
+        },
+        headline=["skill_acc", "knowledge_acc", "paramdelta_over_oracle"],
+        notes=["Every arm is scored on the same held-out sums and the same new facts per seed."],
+        **record_fields(splits, None, intervals),
+    )
+    rec.wall_s = total.s
+    write_record(rec, out / "pretrained_transfer.json")
+    if tmp is not None:
+        tmp.cleanup()
+    return rec
