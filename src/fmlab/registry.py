@@ -99,6 +99,18 @@ METHODS: tuple[Method, ...] = (
         record="rdd/arena.json",
     ),
     Method(
+        name="stem",
+        package="fmlab.stem",
+        summary="STEM: FFN up-projection as a per-layer token-indexed table; offload, edit.",
+        quick_bench="fmlab.stem.bench:quick",
+        demo_says="built a BPE vocabulary and a fact world, trained tiny dense, half-STEM, "
+        "all-but-0 STEM and widened-dense models for 8 steps, edited facts by copying table "
+        "rows and served the tables from memory-mapped files with prefetch; 8 steps learn "
+        "nothing, so recall and edit success near chance are expected",
+        full_bench="fmlab stem bench --out docs/results/stem",
+        record="",  # not run yet: no committed record
+    ),
+    Method(
         name="rlvr-geometry",
         package="fmlab.rlvr_geometry",
         summary="RLVR three gates: parameter geometry of checkpoints vs their base (analyze).",
