@@ -13,7 +13,7 @@ def test_arena_is_seeded_and_the_true_plan_succeeds():
     a = arena.make_split(3, "adversarial", 1)
     b = arena.make_split(3, "adversarial", 1)
     assert all(np.array_equal(x.frames, y.frames) for x, y in zip(a, b, strict=True))
-    for split in ("train", "standard", "ood"):
+    for split in ("train", "standard", "ood", "not-at-rest"):
         for ep in arena.make_split(0, split, 1):
             assert ep.frames.shape[1:] == (arena.SIZE, arena.SIZE, 3)
             assert ep.boundaries[-1][1] == len(ep) == len(ep.states)
@@ -22,11 +22,32 @@ def test_arena_is_seeded_and_the_true_plan_succeeds():
                 for (_, e), lab in zip(ep.boundaries, ep.labels, strict=True)
             ]
             assert arena.success(arena.execute(ep.states[0], plan), ep.states[-1])
-            # dropping a step fails the plan, except a wait or a step redone later (push, push)
+            # dropping a step fails the plan, except a wait, a step redone later (push, push)
+            # or a sweep before another skill (only the agent's pose, which that one resets)
             for i, lab in enumerate(ep.labels):
-                if lab != "wait" and lab not in ep.labels[i + 1 :]:
+                later = ep.labels[i + 1 :]
+                if lab != "wait" and lab not in later and not (lab == "sweep" and later):
                     short = plan[:i] + plan[i + 1 :]
                     assert not arena.success(arena.execute(ep.states[0], short), ep.states[-1])
+
+
+def _boundary_speeds(ep) -> list[float]:
+    """The agent's speed (table units per frame) over the 3 frames straddling each inner
+    boundary (the last two of one skill, the first of the next)."""
+    p = ep.states[:, [arena.AX, arena.AY]]
+    return [float(np.linalg.norm(p[b + 1] - p[b - 2]) / 3) for b, _ in ep.boundaries[1:]]
+
+
+def test_not_at_rest_skills_end_and_start_at_speed():
+    flow = arena.make_split(5, "not-at-rest", 4)
+    assert {ep.tags[0] for ep in flow} == set(arena.NOT_AT_REST_TASKS)
+    assert all(set(ep.labels) <= set(arena.FLOW_SKILLS) for ep in flow)
+    rest = [v for ep in arena.make_split(5, "standard", 4) for v in _boundary_speeds(ep)]
+    moving = [v for ep in flow for v in _boundary_speeds(ep)]
+    # eased skills stop at their boundaries (pixel-noise-level speed, ~0.004 per frame); these
+    # never do, so a detector of rest (motion keys) cannot find their boundaries
+    assert np.median(rest) < 0.006
+    assert min(moving) > 0.005 and np.median(moving) > 3 * np.median(rest)
 
 
 def test_encoders_fit_encode_and_round_trip():
@@ -143,6 +164,10 @@ def test_quick_bench_writes_a_complete_record(tmp_path):
     assert tuned["rdd/efficientnet-lite0"]["evaluated"] >= 4  # the same budget as UVD's
     assert tuned["uvd/efficientnet-lite0"]["evaluated"] >= 4
     assert "standard/miou: rdd/efficientnet-lite0 − uvd/efficientnet-lite0" in d["intervals"]
-    for split in ("standard", "adversarial", "ood"):
+    for split in ("standard", "adversarial", "ood", "not-at-rest"):
         assert f"{split}/miou" in d["metrics"]["by_arm"]["uvd/efficientnet-lite0"]
+        assert (
+            f"{split}/miou: rdd/efficientnet-lite0 − uniform/efficientnet-lite0" in d["intervals"]
+        )
+    assert d["setup"]["threads"] == 1
     assert (tmp_path / "arena_timeline.png").stat().st_size > 1000

@@ -3,14 +3,21 @@
 State: agent (x, y), gripper closure, an object (x, y) that can be held, a drawer (open
 fraction), a button (pressed fraction) and a ball (x, y), in a [0, 1]^2 table with a drawer,
 a button and a target zone whose positions jitter per episode. Eight parametric skills move
-the state over a random number of frames; a task is a fixed chain of 3-6 skills and a
-demonstration is a random instance of a task, with known boundaries. Frames carry lighting drift, pixel noise and moving distractors.
+the state over a random number of frames, easing in and out (every boundary between them is
+at rest); three more never stop: ``sweep`` (an arc at constant speed), ``catch`` (grasp the
+object on the fly) and ``handover`` (carry the object through the target zone and release it
+to a receiver there without stopping). Each of those starts at the velocity the previous one
+ended with (C1 positions) and ends moving, so the boundaries between them are at speed. A
+task is a fixed chain of 3-6 skills and a demonstration is a random instance of a task, with
+known boundaries. Frames carry lighting drift, pixel noise and moving distractors.
 
 Splits:
 - ``standard``: the six standard tasks;
 - ``adversarial``: four tasks built to fool UVD: pauses (``wait``), a push that backs up first
   (the distance to the goal rises, then falls), and look-alike consecutive pushes;
 - ``ood``: the standard tasks in another room (background colour and texture, more distractors);
+- ``not-at-rest``: three tasks chaining sweep, catch and handover, whose boundaries are all at
+  speed, so a detector of rest (motion keys) cannot find them;
 - ``train``: every task, the policy's training data (prior clips, encoder fitting).
 
 ``execute`` runs a plan of (skill, target state) pairs, each skill changing only the state it
@@ -33,7 +40,9 @@ __all__ = [
     "success",
 ]
 
-SKILLS = ("reach", "grasp", "carry", "place", "push", "open_drawer", "press_button", "wait")
+SKILLS = ("reach", "grasp", "carry", "place", "push", "open_drawer", "press_button", "wait",
+          "sweep", "catch", "handover")  # fmt: skip
+FLOW_SKILLS = ("sweep", "catch", "handover")  # never at rest: they start and end moving
 DURATION = {  # frames, inclusive range: short gripper actions, long moves
     "reach": (10, 28),
     "grasp": (4, 9),
@@ -43,6 +52,9 @@ DURATION = {  # frames, inclusive range: short gripper actions, long moves
     "open_drawer": (10, 22),
     "press_button": (6, 12),
     "wait": (6, 18),
+    "sweep": (12, 26),
+    "catch": (10, 22),
+    "handover": (12, 26),
 }
 # state vector layout
 AX, AY, GRIP, OX, OY, HELD, DRAWER, BUTTON, BX, BY = range(10)
@@ -128,7 +140,65 @@ def _target(skill: str, s: np.ndarray, scene: Scene, rng) -> np.ndarray:
     elif skill == "press_button":
         t[BUTTON] = 1.0
         t[[AX, AY]] = scene.button
-    return t
+    elif skill == "catch":
+        t[[AX, AY]] = s[[OX, OY]]
+        t[GRIP], t[HELD] = 1.0, 1.0
+    elif skill == "handover":
+        t[[AX, AY]] = t[[OX, OY]] = scene.target + rng.uniform(-0.03, 0.03, 2)
+        t[GRIP], t[HELD] = 0.0, 0.0
+    return t  # sweep: its end point is drawn with its arc, in _flow
+
+
+def _hermite(p0, v0, p1, v1, n: int) -> np.ndarray:
+    """(n, 2) positions of the cubic from p0 (velocity v0, per frame) to p1 (velocity v1), at
+    frames 1..n: C1 where two such pieces meet."""
+    u = (np.arange(1, n + 1) / n)[:, None]
+    h00, h10 = 2 * u**3 - 3 * u**2 + 1, u**3 - 2 * u**2 + u
+    h01, h11 = -2 * u**3 + 3 * u**2, u**3 - u**2
+    return h00 * p0 + h10 * (n * v0) + h01 * p1 + h11 * (n * v1)
+
+
+def _flow(skill, s, t, n, v0, rng) -> np.ndarray:
+    """(n, STATE_DIM) states of a skill that never stops, entering at agent velocity ``v0``
+    (per frame) and leaving at speed."""
+    p0 = s[[AX, AY]]
+    traj = np.repeat(s[None], n, axis=0)
+    speed0 = float(np.linalg.norm(v0))
+    if skill == "sweep":  # an arc at constant speed, tangent to v0, turning towards the centre
+        if speed0 < 1e-3:
+            ang = rng.uniform(0, 2 * np.pi)
+            v0 = rng.uniform(0.015, 0.025) * np.array([np.cos(ang), np.sin(ang)])
+            speed0 = float(np.linalg.norm(v0))
+        phi = rng.uniform(0.6, 1.1) * np.pi
+        d = v0 / speed0
+        normals = [np.array([-d[1], d[0]]), np.array([d[1], -d[0]])]
+        order = np.argsort([np.linalg.norm(p0 + 0.1 * m - 0.5) for m in normals])
+        r0 = float(np.clip(speed0 * n / phi, 0.08, 0.25))
+        for r, side in [(r, side) for r in (r0, 0.12, 0.08, 0.05) for side in order]:
+            centre, sign = p0 + r * normals[side], 1.0 if side == 0 else -1.0
+            a0 = np.arctan2(*(p0 - centre)[::-1])
+            a = a0 + sign * (speed0 / r) * np.arange(1, n + 1)  # the entry speed: C1
+            arc = centre + r * np.stack([np.cos(a), np.sin(a)], 1)
+            if arc.min() >= 0.04 and arc.max() <= 0.96:  # a tighter turn if it would leave
+                break
+        traj[:, [AX, AY]] = arc
+    else:  # catch / handover: a cubic through the object / the receiver, leaving at speed
+        p1 = t[[AX, AY]]
+        chord = p1 - p0
+        d = chord / max(float(np.linalg.norm(chord)), 1e-6)
+        v1 = d * max(float(np.linalg.norm(chord)) / n, 0.015)
+        traj[:, [AX, AY]] = _hermite(p0, v0, p1, v1, n)
+        k = max(1, int(0.4 * n))  # the gripper changes over the last 40% of frames, moving
+        g = np.linspace(s[GRIP], t[GRIP], k + 1)[1:]
+        traj[n - k :, GRIP] = g
+        traj[:, HELD] = s[HELD]
+        traj[-1, HELD] = t[HELD]
+        if skill == "handover":
+            traj[:, [OX, OY]] = traj[:, [AX, AY]]
+        else:
+            traj[-1, [OX, OY]] = traj[-1, [AX, AY]]
+    traj[:, [AX, AY]] = traj[:, [AX, AY]].clip(0.03, 0.97)
+    return traj
 
 
 def _ease(n: int) -> np.ndarray:
@@ -241,25 +311,46 @@ ADVERSARIAL_TASKS = {
     "double-push-button": ("push", "push", "press_button"),
     "wait-drawer-wait": ("open_drawer", "wait", "press_button", "wait"),
 }
+# Tasks whose boundaries are all at speed: each skill starts while the agent still moves.
+NOT_AT_REST_TASKS = {
+    "sweep-catch-handover": ("sweep", "catch", "handover"),
+    "catch-handover-sweep-sweep": ("catch", "handover", "sweep", "sweep"),
+    "sweep-sweep-catch-handover": ("sweep", "sweep", "catch", "handover"),
+}
+ALL_TASKS = {**TASKS, **ADVERSARIAL_TASKS, **NOT_AT_REST_TASKS}
 
 
 def make_episode(rng: np.random.Generator, task: str, split: str = "standard") -> Episode:
-    """One rendered demonstration of ``task`` (a key of TASKS or ADVERSARIAL_TASKS)."""
-    chain = {**TASKS, **ADVERSARIAL_TASKS}[task]
+    """One rendered demonstration of ``task`` (a key of ALL_TASKS)."""
+    if task not in ALL_TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(ALL_TASKS)}")
+    chain = ALL_TASKS[task]
     scene = _scene(rng, ood=split == "ood")
     s = _initial_state(rng, scene)
     states, bounds, skills = [], [], []
-    pos = 0
+    pos, v = 0, np.zeros(2)  # v: the agent's velocity (per frame) where the last skill ended
     for step in chain:
         skill = step.rstrip("*")
         n = int(rng.integers(DURATION[skill][0], DURATION[skill][1] + 1))
         t = _target(skill, s, scene, rng)
-        states.append(_trajectory(skill, s, t, n, scene, rng, backup=step.endswith("*")))
+        if skill in FLOW_SKILLS:
+            traj = _flow(skill, s, t, n, v, rng)
+            prev = np.vstack([s[None], traj])[-2]
+            v = traj[-1, [AX, AY]] - prev[[AX, AY]]
+            t = traj[-1].copy()
+            traj[:, [AX, AY]] += rng.normal(0, 0.004, (n, 2))
+            if s[HELD] > 0.5 and skill == "sweep":
+                traj[:, [OX, OY]] = traj[:, [AX, AY]]
+        else:
+            traj, v = _trajectory(skill, s, t, n, scene, rng, backup=step.endswith("*")), 0 * v
+        states.append(traj)
         bounds.append((pos, pos + n))
         skills.append(skill)
         pos += n
         s = states[-1][-1].copy()
         s[[AX, AY]] = t[[AX, AY]]
+        if skill in FLOW_SKILLS and s[HELD] > 0.5:
+            s[[OX, OY]] = s[[AX, AY]]
     st = np.concatenate(states)
     return Episode(render(st, scene, rng), st, bounds, skills, split, [task])
 
@@ -267,8 +358,10 @@ def make_episode(rng: np.random.Generator, task: str, split: str = "standard") -
 def split_tasks(split: str) -> dict:
     if split == "adversarial":
         return ADVERSARIAL_TASKS
+    if split == "not-at-rest":
+        return NOT_AT_REST_TASKS
     if split in ("train", "pretrain"):
-        return {**TASKS, **ADVERSARIAL_TASKS}
+        return ALL_TASKS
     return TASKS
 
 
@@ -279,7 +372,7 @@ def make_split(seed: int, split: str, per_task: int) -> list[Episode]:
 
 
 # pretrain: an encoder's pretraining corpus (every task, standard scenes), disjoint from the rest
-SPLIT_IDS = {"train": 0, "standard": 1, "adversarial": 2, "ood": 3, "pretrain": 4}
+SPLIT_IDS = {"train": 0, "standard": 1, "adversarial": 2, "ood": 3, "pretrain": 4, "not-at-rest": 5}
 
 
 def state_features(states: np.ndarray) -> np.ndarray:
@@ -297,6 +390,9 @@ CONTROLS = {
     "open_drawer": [AX, AY, DRAWER],
     "press_button": [AX, AY, BUTTON],
     "wait": [],
+    "sweep": [AX, AY],
+    "catch": [AX, AY, GRIP],
+    "handover": [AX, AY, GRIP, HELD],
 }
 
 
@@ -305,10 +401,12 @@ def execute(start: np.ndarray, plan: list[tuple[str, np.ndarray]]) -> np.ndarray
     (a held object follows the agent; a grasp holds the object only next to it)."""
     s = np.array(start, dtype=np.float64)
     for skill, target in plan:
-        idx = CONTROLS[skill]
+        idx, held = CONTROLS[skill], s[HELD] > 0.5
         s[idx] = target[idx]
-        if skill == "grasp":
+        if skill in ("grasp", "catch"):
             s[HELD] = 1.0 if _near(s[[AX, AY]], s[[OX, OY]], 0.08) else 0.0
+        if skill == "handover" and held:  # carried to the receiver, released there
+            s[[OX, OY]] = s[[AX, AY]]
         if s[HELD] > 0.5:
             s[[OX, OY]] = s[[AX, AY]]
     return s
