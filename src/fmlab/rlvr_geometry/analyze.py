@@ -659,6 +659,7 @@ def analyze(
     progress: bool = False,
     allow_pickle: bool = False,
     block_elems: int = BLOCK_ELEMS,
+    threads: int | None = None,
 ) -> dict:
     """Every metric of every 2-D weight for each checkpoint against ``base``.
 
@@ -669,6 +670,9 @@ def analyze(
         alpha: fraction of entries in M_princ and M_low; ``alphas``: the sweep for the plot.
         progress: a rich progress bar on stderr.
         block_elems: entries per streamed block of a large tensor.
+        threads: torch threads for the call (restored after). On a machine whose cores are
+            busy with other jobs, MKL's multi-threaded SVD slows down by orders of magnitude;
+            ``threads=1`` avoids it.
 
     Sets glibc's mmap threshold to 1 MiB for the process (see ``_prefer_mmap``).
 
@@ -677,6 +681,15 @@ def analyze(
         (overall and per layer type), ``pairs`` (with two or more checkpoints), ``skipped``,
         ``notes``, ``settings``, ``definitions``.
     """
+    if threads is not None:
+        if threads < 1:
+            raise GeometryError([f"threads must be ≥ 1, got {threads}"])
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return analyze(base, ckpts, ks, alpha, alphas, progress, allow_pickle, block_elems)
+        finally:
+            torch.set_num_threads(before)
     t0 = time.perf_counter()
     _prefer_mmap()
     ks = parse_ks(ks) if isinstance(ks, str) else tuple(ks)
@@ -724,6 +737,7 @@ def analyze(
             "alpha": p.alpha,
             "alpha_sweep": list(p.alphas),
             "block_elems": block_elems,
+            "torch_threads": torch.get_num_threads(),
         },
         "definitions": DEFINITIONS,
         "skipped": p.skipped,

@@ -35,6 +35,9 @@ def analyze_cmd(
         False, help="accept .bin pickle inputs (loaded weights_only)"
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
+    threads: int = typer.Option(
+        None, help="torch threads (1 is much faster when other jobs keep the cores busy)"
+    ),
 ) -> None:
     """Every metric per 2-D weight, per layer type and overall; JSON report and plots."""
     from fmlab.core.io import CheckpointError
@@ -43,7 +46,13 @@ def analyze_cmd(
     try:
         check_outputs(json_out, plots)
         rep = analyze(
-            base, ckpts, ks=parse_ks(k), alpha=alpha, progress=progress, allow_pickle=allow_pickle
+            base,
+            ckpts,
+            ks=parse_ks(k),
+            alpha=alpha,
+            progress=progress,
+            allow_pickle=allow_pickle,
+            threads=threads,
         )
         written = write_report(rep, json_out, plots)
     except (GeometryError, CheckpointError, FileNotFoundError, ValueError) as e:

@@ -96,12 +96,16 @@ def measure_memory(
     fmlab_bin = Path(sys.executable).parent / "fmlab"
     if not fmlab_bin.exists():
         raise FileNotFoundError(f"{fmlab_bin}: the fmlab command is not installed in this env")
-    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    # one thread: on a shared machine MKL's threaded SVD can be ~100x slower (memory does not
+    # depend on it); the load average is recorded beside the timings
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         copy = make_modified_copy(base, Path(tmp) / "modified")
         rep_path, plots = Path(tmp) / "geometry.json", Path(tmp) / "plots"
         cmd = ["rlvr-geometry", "analyze", str(base), str(copy), "--json", str(rep_path)]
         cmd += ["--plots", str(plots), "--k", ks, "--alpha", str(alpha), "--no-progress"]
+        cmd += ["--threads", "1"]
         log(f"measuring: fmlab {' '.join(cmd)}")
         tool = measure_command([str(fmlab_bin), *cmd], env)
         if tool["returncode"] != 0:
@@ -137,8 +141,11 @@ def measure_memory(
                 {"tensor": n, "fraction_changed": f, "relative_noise": r} for n, f, r in MODIFIED
             ],
             "command": "fmlab rlvr-geometry measure-memory --out " + str(out_dir),
-            "measured_command": "fmlab " + " ".join(cmd[:2]) + " BASE COPY " + " ".join(cmd[4:]),
+            "measured_command": "fmlab rlvr-geometry analyze BASE COPY --json OUT --plots DIR "
+            f"--k {ks} --alpha {alpha} --no-progress --threads 1",
             "measurement": "peak RSS (ru_maxrss via os.wait4) of each command in its own process",
+            "threads": 1,
+            "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
         },
         metrics=metrics,
         baselines={
