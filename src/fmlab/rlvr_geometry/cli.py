@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fmlab.core.cliutil import fail
+from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
 
 app = typer.Typer(
     help="RLVR three gates: parameter-level geometry of checkpoints against their base "
@@ -79,15 +79,14 @@ def analyze_cmd(
 
 @app.command("measure-memory")
 def measure_memory_cmd(
-    out: Path = typer.Option(
-        Path("docs/results/rlvr_geometry"), help="where analyze_memory.json goes"
-    ),
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
     work: Path = typer.Option(None, help="scratch directory for the modified copy (~0.6 GB)"),
 ) -> None:
     """Peak RSS and time of `analyze` on the bundled SmolLM2 vs a modified copy (subprocess)."""
     from fmlab.core.cliutil import log
     from fmlab.rlvr_geometry.memory import measure_memory
 
+    out = bench_out("rlvr_geometry", out)
     try:
         rec = measure_memory(out, work=str(work) if work else None, log=log)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

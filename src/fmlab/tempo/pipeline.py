@@ -230,26 +230,34 @@ class Stack(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> Stack:
-        from safetensors.torch import load_file
-
-        from fmlab.core.io import CheckpointError
+        from fmlab.core.io import CheckpointError, load_torch_file, read_json, recover_swap
 
         path = Path(path)
+        recover_swap(path)
         if not (path / "tempo.json").is_file():
             raise CheckpointError(
                 f"{path}: not a Tempo model (tempo.json missing); train one with `fmlab tempo train`"
             )
-        meta = json.loads((path / "tempo.json").read_text())
-        cfg = TempoConfig(**meta["config"])
+        fix = "retrain it with `fmlab tempo train`, or delete the folder to start afresh"
+        try:
+            meta = read_json(path / "tempo.json")
+            cfg = TempoConfig(**meta["config"])
+            kind = meta["kind"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"{path / 'tempo.json'}: not a Tempo model file ({e}); {fix}"
+            ) from e
+        weights = load_torch_file(path / "model.safetensors")  # a truncated file is named
         compressor = None
         if meta.get("hf_compressor"):
             from fmlab.tempo.hf import HFCompressor
 
             compressor = HFCompressor.from_pretrained(path / "compressor", cfg.mem_tokens)
-        stack = cls(meta["kind"], cfg, compressor)
-        missing, unexpected = stack.load_state_dict(
-            load_file(str(path / "model.safetensors")), strict=False
-        )
+        stack = cls(kind, cfg, compressor)
+        try:
+            missing, unexpected = stack.load_state_dict(weights, strict=False)
+        except RuntimeError as e:  # shapes that do not match tempo.json
+            raise CheckpointError(f"{path}: weights do not match tempo.json ({e}); {fix}") from e
         skip = ("compressor.lm_head.weight", "compressor.model.")
         missing = [k for k in missing if not k.startswith(skip)]
         if missing or unexpected:
@@ -323,11 +331,24 @@ def train_stack(
     total = sum(s for _, s, _ in cfg.stages)
     ckpt = Path(out) / "checkpoint" if out is not None else None
     done, rng = 0, np.random.default_rng([cfg.seed, 0])
+    if ckpt is not None:
+        from fmlab.core.io import CheckpointError, read_json, recover_swap
+
+        recover_swap(ckpt)  # a kill between the two renames of the last save
     if ckpt is not None and (ckpt / "tempo.json").is_file():
-        meta = json.loads((ckpt / "tempo.json").read_text())
-        if _resume_key(meta.get("train")) == _resume_key(_jsonable(cfg)):
-            stack, opt, done, rng = _resume(ckpt, meta, cfg, freeze_backbone)
-            log(f"resuming {kind} at step {done}/{total}")
+        try:
+            meta = read_json(ckpt / "tempo.json")
+        except ValueError as e:
+            raise CheckpointError(f"{e}; delete {ckpt} to train afresh") from e
+        saved = (meta.get("kind"), _resume_key(meta.get("train")))
+        if saved != (kind, _resume_key(_jsonable(cfg))):
+            raise CheckpointError(
+                f"{ckpt}: a checkpoint of another run (kind {saved[0]!r}, other training "
+                f"settings) than this one (kind {kind!r}); use another --out, or delete it to "
+                "train afresh"
+            )
+        stack, opt, done, rng = _resume(ckpt, meta, cfg, freeze_backbone)
+        log(f"resuming {kind} at step {done}/{total}")
     stack.train()
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
