@@ -59,7 +59,7 @@ __all__ = [
 DEFAULT_KS = (1, 4, 16, 64)
 DEFAULT_ALPHA = 0.5
 ALPHA_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # recorded for the overlaps-vs-α plot
-BLOCK_ELEMS = 1 << 20  # entries of A per streamed block (8 MiB in float64)
+BLOCK_ELEMS = 1 << 19  # entries of A per streamed block (4 MiB in float64)
 CACHE_BYTES = 32 << 20  # tensors up to this size are read once per tensor and kept meanwhile
 # Config fields that must agree for the comparison to mean anything.
 ARCH_KEYS = (
