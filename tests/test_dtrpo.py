@@ -492,8 +492,11 @@ def test_train_cli_on_jsonl_pairs_and_a_converted_causal_lm(tmp_path):
     res = r.invoke(app, ["dtrpo", "convert", "--src", str(src), "--out", str(tmp_path / "m"),
                          "--gen-length", "12", "--block-length", "4"])  # fmt: skip
     assert res.exit_code == 0, res.output
+    from fmlab.dtrpo.data import split_items
+
+    pairs = split_items(0, 1)["pairs"][:6]  # task prompts outside val and test
     rows = [{"prompt": it.prompt, "chosen": it.example.answer[:8], "rejected": "0"}
-            for it in make_items(2, seed=4)]  # fmt: skip
+            for it in pairs]  # fmt: skip
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
     res = r.invoke(app, ["dtrpo", "train", "--model", str(tmp_path / "m"), "--pairs",
                          str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "t"),
@@ -507,6 +510,13 @@ def test_train_cli_on_jsonl_pairs_and_a_converted_causal_lm(tmp_path):
     res = r.invoke(app, ["dtrpo", "train", "--model", str(tmp_path / "m"), "--pairs",
                          str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "t2")])  # fmt: skip
     assert res.exit_code == 2 and "bad.jsonl:1" in res.output and "rejected" in res.output
+    # pairs on a test prompt are refused: eval would report a contaminated score
+    test = split_items(0, 1)["test"][0]
+    row = {"prompt": test.prompt, "chosen": test.example.answer, "rejected": "0"}
+    (tmp_path / "leak.jsonl").write_text(json.dumps(row) + "\n")
+    res = r.invoke(app, ["dtrpo", "train", "--model", str(tmp_path / "m"), "--pairs",
+                         str(tmp_path / "leak.jsonl"), "--out", str(tmp_path / "t3")])  # fmt: skip
+    assert res.exit_code == 2 and "held-out test split" in res.output, res.output
 
 
 def test_resumed_run_reports_the_same_counts(ref_and_pairs, tmp_path):

@@ -208,7 +208,7 @@ class _Bench:
                "total_tokens": cost["tokens"] + cost["data_tokens"],
                "threshold_accuracy": fast["accuracy"],
                "threshold_forwards_per_item": fast["forwards_per_item"],
-               "fwd_per_solved_threshold": fast["forwards_per_solved"] or math.nan}  # fmt: skip
+               "threshold_solved": sum(fast["solved"])}  # fmt: skip
         out["kl_to_ref"] = 0.0 if arm == "sft" else kl_to_ref(policy, self.reference(seed),
                                                                test[:96], seed)  # fmt: skip
         return out
@@ -226,7 +226,8 @@ def run(cfg: BenchConfig, out: str | Path, log: Callable[[str], None] = log_stde
     with splits.design("estimator fidelity at the dev seed"):
         est = memo.get_or_compute("estimators", lambda: _estimators(cfg, bench, log))
     tuning = tune(list(cfg.arms), cfg.grid(), bench.score_val, val=splits["val"],
-                  budget=cfg.budget, max_widen=cfg.max_widen, seed=cfg.dev_seed, memo=memo)  # fmt: skip
+                  budget=cfg.budget, max_widen=cfg.max_widen, seed=cfg.dev_seed, memo=memo,
+                  scale=dict.fromkeys(("lr", *set(ARMS.values()) - {None}), "log"))  # fmt: skip
     splits.open_test("every tuned arm at the test seeds, once")
     test = take(splits["test"], cfg.n_test)
     runs = run_arms(tuning.chosen, splits.test_seeds,
@@ -252,6 +253,10 @@ def _training_record(cfg, splits, tuning, runs, bench, out: Path, wall: float) -
             )
         ]
         s["gain_over_sft"] = mean_std(gains)
+    for s in summary.values():  # forwards per solved item, threshold decoding, over all seeds
+        solved = s["threshold_solved"]["mean"]
+        per = s["threshold_forwards_per_item"]["mean"] * 3 * cfg.n_test / solved if solved else None
+        s["fwd_per_solved_threshold"] = per
     plots = ["accuracy_vs_cost.png", "intervals.png"]
     _cost_plot(summary, out / plots[0])
     interval_plot(out / plots[1], ivs, title="dtrpo − baseline, test accuracy")

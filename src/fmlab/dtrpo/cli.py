@@ -256,7 +256,11 @@ def _offline_pairs(arm: str, path: Path | None, ref, steps_per_block: int):
         else:
             ps = PairSet.load(path)
         check_disjoint({"pairs": ps.items})
-    except (CheckpointError, SplitError, ValueError, FileNotFoundError) as e:
+    except SplitError as e:
+        fail(f"{e}. These pairs share prompts with the held-out test split (or val) that `fmlab "
+             "dtrpo eval` and the bench report on; drop those pairs, or make pairs with `fmlab "
+             "dtrpo pairs`, which draws its prompts from the pairs split")  # fmt: skip
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     return ps
 
