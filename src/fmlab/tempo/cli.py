@@ -53,13 +53,38 @@ def _load(model: Path | None, zero_shot: bool = False):
     return stack
 
 
-def _frames(video: Path, fps: float, max_frames: int, size: int):
-    from fmlab.tempo.video import VideoError, read_video
+def _stream(video: Path, fps: float, max_frames: int, size: int):
+    """The video opened for streaming, its samples planned from the metadata."""
+    from fmlab.core.video import VideoError, open_video
 
+    if max_frames < 1:
+        fail(f"--max-frames must be >= 1, got {max_frames}")
     try:
-        return read_video(video, fps=fps, max_frames=max_frames, min_frames=1, size=(size, size))
+        return open_video(video, fps=fps, max_frames=max_frames, size=(size, size))
     except VideoError as e:
         fail(str(e))
+
+
+def _chunks(stream, seg_len: int, batch_segments: int, thumbs: list | None = None):
+    """Chunks of ``batch_segments`` segments; the middle frame of each segment into ``thumbs``."""
+    for frames, _ in stream.chunks(batch_segments * seg_len):
+        if thumbs is not None:
+            mids = range(seg_len // 2, len(frames) + seg_len // 2, seg_len)
+            thumbs.extend(frames[min(i, len(frames) - 1)] for i in mids)
+        yield frames
+
+
+def _run(fn):
+    """``fn()``, with a video or model error turned into a clear exit."""
+    from fmlab.core.video import VideoError
+
+    try:
+        return fn()
+    except (VideoError, ValueError) as e:
+        fail(str(e))
+
+
+BATCH_HELP = "segments compressed per forward (memory grows with it, not with the video)"
 
 
 @app.command("make-video")
@@ -95,25 +120,39 @@ def compress(
     ),
     fps: float = typer.Option(2.0),
     max_frames: int = typer.Option(1024),
+    batch_segments: int = typer.Option(16, help=BATCH_HELP),
     plot: Path = typer.Option(None, help="write the allocation heat-map here (PNG)"),
 ) -> None:
-    """Per-segment relevance, allocation and tokens/frame under a budget."""
+    """Per-segment relevance, allocation and tokens/frame under a budget (streamed: memory does
+    not grow with the video's length)."""
+    import time
+
+    import numpy as np
     import torch
 
-    if budget < 1:
-        fail(f"--budget must be >= 1, got {budget}")
+    if budget < 1 or batch_segments < 1:
+        fail(f"--budget and --batch-segments must be >= 1, got {budget}, {batch_segments}")
     stack = _load(model, zero_shot=True)
-    v = _frames(video, fps, max_frames, stack.cfg.frame_size)
+    stream = _stream(video, fps, max_frames, stack.cfg.frame_size)
+    thumbs: list = []
+    t0 = time.perf_counter()
     with torch.no_grad():
-        _, info = stack.blocks(v.frames, query, budget, "tempo")
-    alloc, scores = info["alloc"], info["scores"]
+        _, info = _run(lambda: stack.blocks(
+            _chunks(stream, stack.cfg.seg_len, batch_segments, thumbs), query, budget, "tempo"
+        ))  # fmt: skip
+    wall = time.perf_counter() - t0
+    alloc, scores, t = info["alloc"], info["scores"], info["frames"]
     out = {
         "video": str(video),
-        "frames": len(v),
+        "duration_s": round(stream.info.duration, 3),
+        "frames": t,
+        "decoded_frames": stream.decoded,
         "segments": len(alloc),
         "budget": budget,
         "tokens_used": int(sum(alloc)),
-        "tokens_per_frame": sum(alloc) / len(v),
+        "tokens_per_frame": sum(alloc) / t,
+        "seconds": round(wall, 3),
+        "decoded_frames_per_s": round(stream.decoded / wall, 1),
         "relevance": [round(float(s), 4) for s in scores],
         "allocation": alloc,
     }
@@ -121,7 +160,7 @@ def compress(
     if plot is not None:
         from fmlab.tempo.plots import plot_allocation
 
-        plot_allocation(plot, v.frames, scores, alloc, stack.cfg.seg_len, query)
+        plot_allocation(plot, np.stack(thumbs), scores, alloc, 1, query)
         _log(f"wrote {plot}")
 
 
@@ -133,20 +172,19 @@ def answer(
     model: Path = typer.Option(None),
     fps: float = typer.Option(2.0),
     max_frames: int = typer.Option(1024),
+    batch_segments: int = typer.Option(16, help=BATCH_HELP),
     options: str = typer.Option(
         None, help="multiple choice: comma-separated options (default: short answer)"
     ),
 ) -> None:
     """Answer a question about a video: a short answer, or one of --options."""
-    if budget < 1:
-        fail(f"--budget must be >= 1, got {budget}")
+    if budget < 1 or batch_segments < 1:
+        fail(f"--budget and --batch-segments must be >= 1, got {budget}, {batch_segments}")
     stack = _load(model)
-    v = _frames(video, fps, max_frames, stack.cfg.frame_size)
+    stream = _stream(video, fps, max_frames, stack.cfg.frame_size)
     opts = [o.strip() for o in options.split(",") if o.strip()] if options is not None else None
-    try:
-        out = stack.answer(v.frames, question, budget, opts)
-    except ValueError as e:
-        fail(str(e))
+    chunks = _chunks(stream, stack.cfg.seg_len, batch_segments)
+    out = _run(lambda: stack.answer(chunks, question, budget, opts, batch_segments))
     out["p"] = round(out["p"], 4)
     out["probabilities"] = {k: round(q, 4) for k, q in out["probabilities"].items()}
     typer.echo(json.dumps(out))

@@ -22,7 +22,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,10 +110,38 @@ class Stack(nn.Module):
         return hasattr(self, "compressor") and not isinstance(self.compressor, Compressor)
 
     # -- visual tokens under a budget ----------------------------------------------------
-    def compress(self, frames: np.ndarray, question: str):
+    def compress(self, frames: np.ndarray, question: str, batch_segments: int | None = None):
         """Memory states (N, M, d) and relevance logits (N,) of every segment."""
-        seg = segments_of(frames, self.cfg.seg_len)
-        return self.compressor(seg, self.compressor.encode_query(question))
+        mem, rel, _ = self.compress_chunks([frames], question, batch_segments)
+        return mem, rel
+
+    def compress_chunks(
+        self, chunks: Iterable[np.ndarray], question: str, batch_segments: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Memory states (N, M, d), relevance logits (N,) and the frame count T of a video given
+        as chunks of frames (T_k, H, W, 3), each a multiple of ``seg_len`` frames but the last
+        (``fmlab.core.video.VideoStream.chunks``), so the frames are never all in memory.
+        The compressor runs on at most ``batch_segments`` segments at a time (None: a chunk)."""
+        if batch_segments is not None and batch_segments < 1:
+            raise ValueError(f"batch_segments must be >= 1, got {batch_segments}")
+        q, seg = self.compressor.encode_query(question), self.cfg.seg_len
+        mems, rels, t = [], [], 0
+        for chunk in chunks:
+            if t % seg:
+                raise ValueError(
+                    f"a chunk after {t} frames: every chunk but the last must hold a multiple "
+                    f"of seg_len={seg} frames"
+                )
+            t += len(chunk)
+            x = segments_of(chunk, seg)  # (S, seg_len, 3, H, W)
+            step = batch_segments or len(x)
+            for i in range(0, len(x), step):
+                mem, rel = self.compressor(x[i : i + step], q)
+                mems.append(mem)
+                rels.append(rel)
+        if not t:
+            raise ValueError("no frames to compress")
+        return torch.cat(mems), torch.cat(rels), t
 
     def blocks(
         self,
@@ -124,13 +152,19 @@ class Stack(nn.Module):
         truth: np.ndarray | None = None,
         rng: np.random.Generator | None = None,
         prefix: np.ndarray | None = None,
+        batch_segments: int | None = None,
+        allow_over_budget: bool = False,
     ) -> tuple[list[tuple[float, torch.Tensor]], dict]:
-        """The [timestamp, tokens] blocks an arm feeds the global model, and what it used."""
+        """The [timestamp, tokens] blocks an arm feeds the global model, and what it used.
+        ``frames``: (T, H, W, 3) uint8, or an iterable of chunks of it (see
+        :meth:`compress_chunks`)."""
         rng = rng if rng is not None else np.random.default_rng(0)
-        t = len(frames)
         if self.kind in ("frames", "pool"):
+            if not isinstance(frames, np.ndarray):
+                frames = np.concatenate(list(frames))  # the frame baselines need every frame
             return self._frame_blocks(frames, budget)
-        mem, rel = self.compress(frames, question)
+        chunks = [frames] if isinstance(frames, np.ndarray) else frames
+        mem, rel, t = self.compress_chunks(chunks, question, batch_segments)
         n, m = mem.shape[:2]
         scores = torch.sigmoid(rel).detach().numpy()
         probe = self.compressor.probe(mem[:, 0])
@@ -149,7 +183,8 @@ class Stack(nn.Module):
             ((i * seg + min(seg, t - i * seg) / 2) / t, truncate(mem[i], a, strategy, rng))
             for i, a in enumerate(alloc)
         ]
-        return blocks, {"alloc": alloc, "scores": scores, "relevance_logits": rel, "probe": probe}
+        info = {"alloc": alloc, "scores": scores, "relevance_logits": rel, "probe": probe}
+        return blocks, {**info, "frames": t}
 
     def _frame_blocks(self, frames: np.ndarray, budget: int):
         t, p = len(frames), self.cfg.patches
@@ -175,7 +210,13 @@ class Stack(nn.Module):
 
     @torch.no_grad()
     def answer(
-        self, frames: np.ndarray, question: str, budget: int, options: list[str] | None = None
+        self,
+        frames: np.ndarray | Iterable[np.ndarray],
+        question: str,
+        budget: int,
+        options: list[str] | None = None,
+        batch_segments: int | None = None,
+        allow_over_budget: bool = False,
     ) -> dict:
         """Answer ``question`` about ``frames`` under ``budget`` visual tokens (Tempo: ATA on the
         compressor's relevance). Short answer over the whole answer vocabulary, or multiple
@@ -189,7 +230,8 @@ class Stack(nn.Module):
                     f"choose from: {', '.join(names)}"
                 )
         arm = {"agnostic": "uniform-alloc"}.get(self.kind, self.kind)
-        blocks, info = self.blocks(frames, question, budget, arm)
+        blocks, info = self.blocks(frames, question, budget, arm, batch_segments=batch_segments,
+                                   allow_over_budget=allow_over_budget)  # fmt: skip
         logits = self.logits([(blocks, question)])[0]
         idx = [names.index(o) for o in options] if options is not None else list(range(len(names)))
         p = torch.softmax(logits[idx], -1)
