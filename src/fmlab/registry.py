@@ -123,6 +123,12 @@ METHODS: tuple[Method, ...] = (
         summary="RLVR three gates: parameter geometry of checkpoints vs their base (analyze).",
         quick_bench=None,
     ),
+    Method(
+        name="autothink",
+        package="fmlab.autothink",
+        summary="VideoAuto-R1: answer, think only when unsure (real early exit), reward.",
+        quick_bench=None,  # no bench yet (issue 23 open): training and bench not built
+    ),
 )
 
 
