@@ -170,4 +170,7 @@ def test_quick_bench_writes_a_complete_record(tmp_path):
             f"{split}/miou: rdd/efficientnet-lite0 − uniform/efficientnet-lite0" in d["intervals"]
         )
     assert d["setup"]["threads"] == 1
+    # a verdict per paired comparison, won / lost / not shown, with both intervals
+    verdicts = [n for n in d["notes"] if "per-demo [" in n]  # one seed: no per-seed interval
+    assert len(verdicts) == len(d["intervals"]) == 16
     assert (tmp_path / "arena_timeline.png").stat().st_size > 1000

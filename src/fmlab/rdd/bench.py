@@ -266,6 +266,7 @@ def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
         )
     plot_timeline(out / "arena_timeline.png", rows, f"one {ep.split} demo ({ep.tags[0]}), {head}")
     plots.append("arena_timeline.png")
+    fields = record_fields(splits, tuning, intervals)
     rec = ResultRecord(
         method="rdd",
         claim=CLAIM,
@@ -293,11 +294,30 @@ def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
             "reported as its own split.",
             *[f"{p.a} − {p.b} ({p.metric}): {format_delta(p)}" for p in intervals],
         ],
-        **record_fields(splits, tuning, intervals),
+        **fields,
     )
+    rec.notes += verdicts(fields["intervals"])
     rec.wall_s = t.s
     write_record(rec, out / "arena.json")
     return rec
+
+
+def verdicts(intervals: dict) -> list[str]:
+    """One note per paired comparison (``intervals`` as the record holds them): RDD wins or
+    loses only where every interval it has (per-seed t, needing 2+ seeds; per-demo bootstrap)
+    excludes 0."""
+    out = []
+    for iv in intervals.values():
+        a, b, m = iv["a"].split("/")[0].upper(), iv["b"].split("/")[0], iv["metric"]
+        have = {k: iv[k] for k in ("per_seed", "per_item") if iv.get(k)}
+        lo, hi = max(x["lo"] for x in have.values()), min(x["hi"] for x in have.values())
+        word = "wins over" if lo > 0 else "LOSES to" if hi < 0 else "is not shown to differ from"
+        cis = ", ".join(
+            f"{k.replace('per_item', 'per-demo').replace('_', '-')} [{x['lo']:+.3f}, {x['hi']:+.3f}]"
+            for k, x in have.items()
+        )
+        out.append(f"{m}: {a} {word} {b} (Δ {iv['estimate']:+.3f}; {cis})")
+    return out
 
 
 def run_scaling(
@@ -306,7 +326,7 @@ def run_scaling(
     """Segmentation seconds vs demo length N (state features of a long arena demo)."""
     out = Path(out_dir)
     train = arena.make_split(0, "train", 3)
-    feats = {id(ep): arena.state_features(ep.states) for ep in train}
+    feats = lambda ep: arena.state_features(ep.states)  # noqa: E731
     prior = _prior(train, feats)
     long = np.concatenate(
         [arena.state_features(ep.states) for ep in arena.make_split(1, "standard", 30)]

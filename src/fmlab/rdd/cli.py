@@ -229,7 +229,9 @@ def segment_cmd(
 @app.command("make-demos")
 def make_demos(
     out: Path = typer.Option(..., help="directory for the demo .npz files"),
-    split: str = typer.Option("train", help="train | standard | adversarial | ood"),
+    split: str = typer.Option(
+        "train", help="train | standard | adversarial | ood | not-at-rest | pretrain"
+    ),
     per_task: int = typer.Option(1, help="demos per task"),
     seed: int = typer.Option(0),
 ) -> None:
