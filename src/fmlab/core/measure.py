@@ -19,24 +19,45 @@ __all__ = ["measure_command"]
 
 _LAUNCHER = """
 import json, os, sys, time
+sample = sys.argv[2] == "1"
 t0 = time.perf_counter()
 pid = os.fork()
 if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-_, status, ru = os.wait4(pid, 0)
+    os.execvp(sys.argv[3], sys.argv[3:])
+peak = {"RssAnon": 0, "RssFile": 0}
+while True:
+    done, status, ru = os.wait4(pid, os.WNOHANG if sample else 0)
+    if done:
+        break
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in peak:
+                    peak[k] = max(peak[k], int(v.split()[0]))
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.005)
+res = {"wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
+       "returncode": os.waitstatus_to_exitcode(status)}
+if sample:
+    res.update(peak_anon_mb=peak["RssAnon"] / 1024, peak_file_mb=peak["RssFile"] / 1024)
 with open(sys.argv[1], "w") as f:
-    json.dump({"wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
-               "returncode": os.waitstatus_to_exitcode(status)}, f)
+    json.dump(res, f)
 """
 
 
-def measure_command(cmd: list[str], env: dict | None = None) -> dict:
+def measure_command(cmd: list[str], env: dict | None = None, split_rss: bool = False) -> dict:
     """Run ``cmd``; return ``wall_s``, its own ``peak_rss_mb`` (MiB), ``returncode`` and the
-    last 2,000 characters of its combined output (``output_tail``). Linux (ru_maxrss in KiB)."""
+    last 2,000 characters of its combined output (``output_tail``). Linux (ru_maxrss in KiB).
+
+    ``split_rss`` also samples ``/proc/<pid>/status`` every 5 ms for the peaks of anonymous
+    and file-backed resident memory (``peak_anon_mb``, ``peak_file_mb``): memory-mapped input
+    pages count in RSS but the kernel can drop them, so a fair comparison reports them apart."""
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.json"
         p = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER, str(stats), *cmd],
+            [sys.executable, "-c", _LAUNCHER, str(stats), "1" if split_rss else "0", *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch
 from fmlab.core.checkpoint import TensorSource, TensorSpec, parse_size, write_sharded
 from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.experiment import timeit_interleaved
+from fmlab.core.measure import measure_command
 from fmlab.core.models import llama_config
 from fmlab.core.results import ResultRecord, Timer, bar_plot, write_record
 
@@ -43,36 +43,9 @@ CLAIM = (
 # Forks the measured command from a fresh, small interpreter. On Linux a child's ru_maxrss
 # starts at its parent's resident size at fork time, so forking straight from this (large)
 # bench process would floor every measurement at our own footprint.
-_LAUNCHER = """
-import json, os, sys, time
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-_, status, ru = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    json.dump({"wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
-               "returncode": os.waitstatus_to_exitcode(status)}, f)
-"""
-
-
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd``; return wall seconds, its own peak RSS (MiB) and its exit status."""
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = Path(tmp) / "stats.json"
-        p = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER, str(stats), *cmd],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        if not stats.is_file():
-            raise RuntimeError(
-                f"measuring {cmd[0]} failed:\n{p.stdout.decode(errors='replace')[-2000:]}"
-            )
-        res = json.loads(stats.read_text())
-    res["output_tail"] = p.stdout.decode(errors="replace")[-2000:]
-    return res
+    return measure_command(cmd, env)
 
 
 RANDOM_LAYERS = {"random-1b": 16, "random-1.6b": 32}
@@ -222,51 +195,10 @@ def _largest_tensor_bytes(d: Path) -> int:
 # runs: RssAnon (heap, the memory a tool really allocates) apart from RssFile (page-cache pages
 # of memory-mapped inputs, which the kernel can reclaim at will and which mmap-reading tools
 # such as mergekit show in their RSS). ru_maxrss from wait4 is the kernel's peak of both.
-_SAMPLER = """
-import json, os, sys, time
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
-while True:
-    done, status, ru = os.wait4(pid, os.WNOHANG)
-    if done:
-        break
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in peak:
-                    peak[k] = max(peak[k], int(v.split()[0]))
-    except (OSError, ValueError):
-        pass
-    time.sleep(0.005)
-with open(sys.argv[1], "w") as f:
-    json.dump({"wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
-               "peak_anon_mb": peak["RssAnon"] / 1024, "peak_file_mb": peak["RssFile"] / 1024,
-               "returncode": os.waitstatus_to_exitcode(status)}, f)
-"""
-
-
 def measure_split(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd`` in its own process; wall seconds, peak RSS (wait4) and the sampled peaks of
     anonymous and file-backed resident memory (MiB, every 5 ms; Linux)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = Path(tmp) / "stats.json"
-        p = subprocess.run(
-            [sys.executable, "-c", _SAMPLER, str(stats), *cmd],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        if not stats.is_file():
-            raise RuntimeError(
-                f"measuring {cmd[0]} failed:\n{p.stdout.decode(errors='replace')[-2000:]}"
-            )
-        res = json.loads(stats.read_text())
-    res["output_tail"] = p.stdout.decode(errors="replace")[-2000:]
-    return res
+    return measure_command(cmd, env, split_rss=True)
 
 
 @dataclass
