@@ -207,8 +207,9 @@ class VideoStream:
                     "any frame" if not got else f"past {last_t:.1f} s of {self.info.duration:.1f} s"
                 )
                 raise VideoError(
-                    f"{self.path}: could not decode {what} ({e}); the file looks truncated or "
-                    "damaged: re-encode it (ffmpeg -i IN OUT.mp4) or cut it to its readable part"
+                    f"{self.path}: could not decode {what} ({e}); is it a complete video file? It "
+                    "looks truncated or damaged: re-encode it (ffmpeg -i IN OUT.mp4) or cut it "
+                    "to its readable part"
                 ) from e
         if not got:
             raise VideoError(f"{self.path}: the video has no frames")

@@ -10,7 +10,12 @@ scores s, budget B visual tokens, minimum m, maximum Mx):
 5. else alloc_i = m + ⌊(ŝ_i / Σŝ)(B − N·m)⌋; the remainder goes one token at a time to the
    highest-weighted segments (ties: earlier segment first); everything clamped to [m, Mx].
 
-The result never exceeds B when N ≤ B. Time is O(N) (the remainder's recipients are found by
+The result never exceeds B when N ≤ B. When N > B (fewer tokens than segments) the paper's
+rule 1 still gives every segment one token, N > B in all. fmlab's default policy
+(``over_budget="drop"``) keeps the budget instead, with a warning: the B most relevant segments
+keep one token each and the other N − B get none (equal scores: B segments evenly spaced in
+time); every segment keeps its timestamp, so the timeline stays whole. ``over_budget="allow"``
+is the paper's rule. Time is O(N) (the remainder's recipients are found by
 selection, not sorting), independent of B and M.
 
 Truncation: segment i keeps ``alloc_i`` of its memory tokens: the first ones (``head``, the
@@ -25,14 +30,29 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["STRATEGIES", "allocate", "truncate"]
+__all__ = ["OVER_BUDGET", "STRATEGIES", "OverBudgetWarning", "allocate", "truncate"]
 
 STRATEGIES = ("head", "tail", "random", "merge")
 
 
+OVER_BUDGET = ("drop", "allow")
+
+
+class OverBudgetWarning(UserWarning):
+    """More segments than budget tokens: some segments keep no memory token."""
+
+
 def allocate(
-    scores: Sequence[float] | np.ndarray, budget: int, min_tokens: int = 4, max_tokens: int = 128
+    scores: Sequence[float] | np.ndarray,
+    budget: int,
+    min_tokens: int = 4,
+    max_tokens: int = 128,
+    over_budget: str = "drop",
 ) -> list[int]:
+    """Tokens to keep per segment (see the module doc): N scores → N ints summing to ≤ B
+    (``over_budget="allow"``: ≤ max(B, N))."""
+    if over_budget not in OVER_BUDGET:
+        raise ValueError(f"over_budget must be one of {OVER_BUDGET}, got {over_budget!r}")
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     n = len(s)
     if n == 0:
@@ -45,6 +65,8 @@ def allocate(
             f"min_tokens={min_tokens}, max_tokens={max_tokens}"
         )
     m, mx, b = int(min_tokens), int(max_tokens), int(budget)
+    if n > b and m > 0 and over_budget == "drop":
+        return _drop(s, b)
     if n * m > b:  # rule 1
         m = max(1, b // n)
     lo, hi = float(s.min()), float(s.max())
@@ -60,6 +82,28 @@ def allocate(
     if rest > 0:
         alloc[_top(sh, rest)] += 1
     return np.clip(alloc, m, mx).tolist()
+
+
+def _drop(s: np.ndarray, b: int) -> list[int]:
+    """N > B: one token for the B most relevant segments (evenly spaced when all are equal)."""
+    import warnings
+
+    n = len(s)
+    warnings.warn(
+        f"{n} segments but a budget of {b} tokens: {n - b} least relevant segment(s) keep no "
+        "memory token (timestamps stay); raise the budget, lower --max-frames, or allow the "
+        "overrun (over_budget='allow', --allow-over-budget)",
+        OverBudgetWarning,
+        stacklevel=3,
+    )
+    alloc = np.zeros(n, dtype=np.int64)
+    if b == 0:
+        return alloc.tolist()
+    if float(s.max() - s.min()) < 1e-8:
+        alloc[np.linspace(0, n - 1, b).round().astype(int)] = 1
+    else:
+        alloc[_top(s, b)] = 1
+    return alloc.tolist()
 
 
 def _top(w: np.ndarray, k: int) -> np.ndarray:

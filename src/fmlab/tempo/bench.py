@@ -31,10 +31,11 @@ from fmlab.core.results import (
 )
 from fmlab.tempo.allocate import allocate
 from fmlab.tempo.evaluate import evaluate_arm
+from fmlab.tempo.longvideo import run_long_video
 from fmlab.tempo.pipeline import ARMS, Stack, TrainConfig, segment_truth, train_stack
 from fmlab.tempo.synth import make_split, make_video
 
-__all__ = ["BenchConfig", "quick", "run"]
+__all__ = ["BenchConfig", "quick", "run", "run_long_video"]
 
 
 @dataclass(frozen=True)

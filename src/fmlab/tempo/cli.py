@@ -75,13 +75,27 @@ def _chunks(stream, seg_len: int, batch_segments: int, thumbs: list | None = Non
 
 
 def _run(fn):
-    """``fn()``, with a video or model error turned into a clear exit."""
+    """``fn()``, with a video or model error turned into a clear exit and warnings (budget,
+    unknown question words) printed as one line each on stderr."""
+    import warnings
+
     from fmlab.core.video import VideoError
 
-    try:
-        return fn()
-    except (VideoError, ValueError) as e:
-        fail(str(e))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = fn()
+        except (VideoError, ValueError) as e:
+            fail(str(e))
+    for w in caught:
+        _log(f"warning: {w.message}")
+    return out
+
+
+OVER_HELP = (
+    "with more segments than budget tokens, give every segment one token anyway (the paper's "
+    "rule; exceeds the budget) instead of dropping the least relevant segments to none"
+)
 
 
 BATCH_HELP = "segments compressed per forward (memory grows with it, not with the video)"
@@ -121,7 +135,9 @@ def compress(
     fps: float = typer.Option(2.0),
     max_frames: int = typer.Option(1024),
     batch_segments: int = typer.Option(16, help=BATCH_HELP),
+    allow_over_budget: bool = typer.Option(False, help=OVER_HELP),
     plot: Path = typer.Option(None, help="write the allocation heat-map here (PNG)"),
+    json_out: Path = typer.Option(None, "--json", help="also write the result here (JSON)"),
 ) -> None:
     """Per-segment relevance, allocation and tokens/frame under a budget (streamed: memory does
     not grow with the video's length)."""
@@ -133,12 +149,18 @@ def compress(
     if budget < 1 or batch_segments < 1:
         fail(f"--budget and --batch-segments must be >= 1, got {budget}, {batch_segments}")
     stack = _load(model, zero_shot=True)
+    if not stack.hf:  # a Hugging Face compressor reads any words
+        unknown = _run(lambda: stack.vocab.check(query, "query"))
+        if unknown:
+            _log(f"warning: the query words {unknown} are not in the tiny model's vocabulary; "
+                 "they are read as unknown (see `fmlab tempo make-video` for its questions)")  # fmt: skip
     stream = _stream(video, fps, max_frames, stack.cfg.frame_size)
     thumbs: list = []
     t0 = time.perf_counter()
     with torch.no_grad():
         _, info = _run(lambda: stack.blocks(
-            _chunks(stream, stack.cfg.seg_len, batch_segments, thumbs), query, budget, "tempo"
+            _chunks(stream, stack.cfg.seg_len, batch_segments, thumbs), query, budget, "tempo",
+            allow_over_budget=allow_over_budget,
         ))  # fmt: skip
     wall = time.perf_counter() - t0
     alloc, scores, t = info["alloc"], info["scores"], info["frames"]
@@ -157,6 +179,10 @@ def compress(
         "allocation": alloc,
     }
     typer.echo(json.dumps(out, indent=1))
+    if json_out is not None:
+        from fmlab.core.io import atomic_write_json
+
+        atomic_write_json(json_out, out)
     if plot is not None:
         from fmlab.tempo.plots import plot_allocation
 
@@ -173,6 +199,7 @@ def answer(
     fps: float = typer.Option(2.0),
     max_frames: int = typer.Option(1024),
     batch_segments: int = typer.Option(16, help=BATCH_HELP),
+    allow_over_budget: bool = typer.Option(False, help=OVER_HELP),
     options: str = typer.Option(
         None, help="multiple choice: comma-separated options (default: short answer)"
     ),
@@ -184,7 +211,9 @@ def answer(
     stream = _stream(video, fps, max_frames, stack.cfg.frame_size)
     opts = [o.strip() for o in options.split(",") if o.strip()] if options is not None else None
     chunks = _chunks(stream, stack.cfg.seg_len, batch_segments)
-    out = _run(lambda: stack.answer(chunks, question, budget, opts, batch_segments))
+    out = _run(
+        lambda: stack.answer(chunks, question, budget, opts, batch_segments, allow_over_budget)
+    )
     out["p"] = round(out["p"], 4)
     out["probabilities"] = {k: round(q, 4) for k, q in out["probabilities"].items()}
     typer.echo(json.dumps(out))
@@ -237,9 +266,22 @@ def bench(
     quick: bool = typer.Option(False, help="a ~10-second run that claims nothing"),
     seeds: int = typer.Option(3, help="seeds (each trains its own stacks)"),
     arms: str = typer.Option("", help="comma-separated arms (default: all)"),
+    long_video: bool = typer.Option(
+        False, help="instead: peak RSS of compress on a 60-minute vs a 1-minute video"
+    ),
 ) -> None:
     """Budget sweep of every arm on the synthetic needle videos (resumable)."""
     from dataclasses import replace
+
+    if long_video:
+        from fmlab.tempo.longvideo import run_long_video
+
+        out = bench_out("tempo", out, quick)
+        minutes = (0.25, 1.0) if quick else (1.0, 60.0)
+        m = run_long_video(out, minutes=minutes, log=_log).metrics
+        typer.echo(f"peak RSS ratio {m['peak_rss_ratio_long_over_short']:.3f}, "
+                   f"{m['decoded_frames_per_s_long']:.0f} frames/s")  # fmt: skip
+        return
 
     from fmlab.tempo.bench import BenchConfig, run
     from fmlab.tempo.pipeline import ARMS

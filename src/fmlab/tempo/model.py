@@ -60,7 +60,8 @@ class TempoConfig:
 
 
 class Vocab:
-    """Word-level vocabulary of the synthetic question language (closed, so no OOV at test)."""
+    """Word-level vocabulary of the synthetic question language. It is closed: a word outside
+    it reads as <unk>, and :meth:`check` names such words so the caller can warn."""
 
     SPECIAL = ("<pad>", "<rel>", "<unk>")
 
@@ -80,6 +81,17 @@ class Vocab:
     def encode(self, text: str) -> list[int]:
         unk = self.index["<unk>"]
         return [self.index.get(w, unk) for w in re.findall(r"[a-z0-9]+", text.lower())]
+
+    def check(self, text: str, what: str = "question") -> list[str]:
+        """The words of ``text`` this vocabulary does not know (they are read as <unk>); an
+        empty ``text`` (no words at all) raises."""
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        if not words:
+            raise ValueError(
+                f"empty {what} {text!r}: ask something about the video, e.g. "
+                "'what colour is the square'"
+            )
+        return [w for w in dict.fromkeys(words) if w not in self.index]
 
     def answer_index(self, answer: str) -> int:
         return self.answers.index(answer)
@@ -163,13 +175,15 @@ class Compressor(nn.Module):
 class GlobalModel(nn.Module):
     """Projector + LLM over [timestamp, visual tokens] blocks and the question."""
 
-    def __init__(self, cfg: TempoConfig, vocab: Vocab, d_in: int, max_len: int = 1024):
+    def __init__(self, cfg: TempoConfig, vocab: Vocab, d_in: int, max_len: int | None = None):
         super().__init__()
         d = cfg.d_llm
         self.proj = nn.Sequential(nn.Linear(d_in, d), nn.GELU(), nn.Linear(d, d))
         self.time = nn.Embedding(TIME_BUCKETS, d)
         self.embed = nn.Embedding(len(vocab), d)
-        self.llm = _llama(d, cfg.llm_layers, cfg.heads, max_len)
+        # rotary positions: no learned table, so the context follows the budget; a sequence is
+        # 2·|question| + N timestamps + Σ kept tokens ≤ 2·|question| + N + B
+        self.llm = _llama(d, cfg.llm_layers, cfg.heads, max_len or 32768)
         self.head = nn.Linear(d, len(vocab.answers))
         self.max_len = max_len
 
@@ -183,7 +197,7 @@ class GlobalModel(nn.Module):
                 parts.append(self.proj(toks))
         parts.append(q)
         seq = torch.cat(parts)
-        if len(seq) > self.max_len:
+        if self.max_len is not None and len(seq) > self.max_len:
             raise ValueError(f"sequence of {len(seq)} tokens exceeds max_len {self.max_len}")
         return seq
 

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from fmlab.tempo.allocate import allocate, truncate
 from fmlab.tempo.model import Compressor, FrameEncoder, GlobalModel, TempoConfig, Vocab
 from fmlab.tempo.synth import COLOURS, FAMILIES, SynthVideo, make_video
 
-__all__ = ["ARMS", "Stack", "TrainConfig", "segments_of", "train_stack"]
+__all__ = ["ARMS", "Stack", "TrainConfig", "UnknownWordsWarning", "segments_of", "train_stack"]
 
 COMPRESSOR_ARMS = ("tempo", "uniform-alloc", "random-ata", "oracle", "m0", "tail")
 ARMS = (*COMPRESSOR_ARMS, "agnostic", "frames", "pool")
@@ -72,6 +73,10 @@ def segment_truth(video: SynthVideo, question, seg_len: int) -> np.ndarray:
     n = math.ceil(len(m) / seg_len)
     m = np.concatenate([m, np.zeros(n * seg_len - len(m), dtype=bool)])
     return m.reshape(n, seg_len).any(axis=1).astype(np.float32)
+
+
+class UnknownWordsWarning(UserWarning):
+    """A question with words outside the model's (closed) vocabulary."""
 
 
 class Stack(nn.Module):
@@ -176,7 +181,8 @@ class Stack(nn.Module):
             s = {"random-ata": rng.random(n), "oracle": truth}.get(arm, scores)
             if s is None:
                 raise ValueError("the oracle arm needs the true segment relevance")
-            alloc = allocate(s, budget, 0 if arm == "m0" else 4, m)
+            over = "allow" if allow_over_budget else "drop"
+            alloc = allocate(s, budget, 0 if arm == "m0" else 4, m, over_budget=over)
         strategy = "tail" if arm in ("tail", "uniform-tail") else "head"
         seg = self.cfg.seg_len
         blocks = [
@@ -221,6 +227,16 @@ class Stack(nn.Module):
         """Answer ``question`` about ``frames`` under ``budget`` visual tokens (Tempo: ATA on the
         compressor's relevance). Short answer over the whole answer vocabulary, or multiple
         choice: the most probable of ``options``, with probabilities renormalised over them."""
+        unknown = self.vocab.check(question)
+        if unknown:
+            warnings.warn(
+                f"the question words {unknown} are not in this model's vocabulary (it was "
+                f"trained on: {' '.join(w for w in self.vocab.words if not w.startswith('<'))}); "
+                "they are read as unknown, so the answer may ignore them: rephrase with known "
+                "words",
+                UnknownWordsWarning,
+                stacklevel=2,
+            )
         names = self.vocab.answers
         if options is not None:
             bad = [o for o in options if o not in names]
@@ -237,13 +253,17 @@ class Stack(nn.Module):
         p = torch.softmax(logits[idx], -1)
         best = int(p.argmax())
         used = sum(len(t) for _, t in blocks)
+        q_len = len(self.vocab.encode(question))
         return {
             "answer": names[idx[best]],
             "p": float(p[best]),
             "probabilities": {names[i]: float(q) for i, q in zip(idx, p, strict=True)},
             "tokens_used": int(used),
             "budget": budget,
+            "frames": info.get("frames"),
+            "context_tokens": int(used + len(blocks) + 2 * q_len),
             "allocation": info.get("alloc"),
+            "unknown_words": unknown,
         }
 
     # -- save / load ----------------------------------------------------------------------
