@@ -96,7 +96,13 @@ def test_cli_runs_the_pipeline_on_a_real_mp4(tmp_path):
     res = runner.invoke(app, ["tempo", "answer", str(video), "--question", "how many flashes",
                               "--model", str(model)])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["answer"] in Stack("tempo").vocab.answers
+    got = json.loads(res.stdout)
+    # the CLI answers what the library answers on the same decoded frames (not just "a word")
+    from fmlab.tempo.video import read_video
+
+    lib = Stack.load(model).answer(read_video(video, size=(32, 32)).frames, "how many flashes", 64)
+    assert got["answer"] == lib["answer"] == max(got["probabilities"], key=got["probabilities"].get)
+    assert got["allocation"] == lib["allocation"] and got["p"] == pytest.approx(lib["p"], abs=1e-3)
     res = runner.invoke(app, ["tempo", "answer", str(video), "--question", "how many flashes",
                               "--model", str(model), "--options", "1, 2,3"])  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -131,7 +137,7 @@ def test_evaluate_arm_reports_what_the_record_needs():
     r = evaluate_arm(stack, videos, "tempo", budget=12)
     assert 0 <= r["overall"] <= 1 and r["questions"] == sum(len(v.questions) for v in videos)
     assert r["tokens_per_frame"] <= r["budget_per_frame"] + 1e-9
-    assert 0 <= r.get("router_auroc", 0.5) <= 1
+    assert "router_auroc" in r and 0 <= r["router_auroc"] <= 1  # a missing key fails
     assert quarter_iou("q1", 0, 4, 16) == 1.0 and quarter_iou("q2", 0, 4, 16) == 0.0
     assert quarter_iou("yes", 0, 4, 16) == 0.0
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fmlab.tempo.synth import ANSWERS, make_split, make_video
+from fmlab.tempo.synth import COLOURS, FAMILIES, make_split, make_video
 from fmlab.tempo.video import VideoError, read_video, segment_bounds, write_video
 
 
@@ -45,20 +45,42 @@ def test_segments():
         segment_bounds(0)
 
 
+def _expected(v, q):
+    """The answer to ``q`` re-derived from the needle list (not from the question builder)."""
+    nd = [v.needles[i] for i in q.needles]
+    if q.family == "attribute":
+        return nd[0].colour
+    if q.family == "count":
+        return str(len(v.needles))
+    if q.family == "order":
+        sq, pl = (next(x for x in nd if x.shape == s) for s in ("square", "plus"))
+        return "yes" if sq.start < pl.start else "no"
+    if q.family == "localise":
+        return f"q{int(4 * (nd[0].start + nd[0].end) / 2 / len(v.frames)) + 1}"
+    if q.family == "global":
+        return "yes" if v.warmer else "no"
+    return "yes" if len({x.colour for x in v.needles}) == 1 else "no"  # reasoning
+
+
 def test_synthetic_videos_are_seeded_and_answers_are_consistent():
     a, b = make_video(7, 128), make_video(7, 128)
     assert np.array_equal(a.frames, b.frames) and a.questions == b.questions
+    families = set()
     for seed in range(30):
         v = make_video(seed, 128)
         for q in v.questions:
-            assert q.answer in ANSWERS
-            if q.family == "attribute":
-                assert q.answer == v.needles[q.needles[0]].colour
-            if q.family == "count":
-                assert int(q.answer) == len(v.needles)
-        # needle frames differ from the plain background somewhere
+            assert q.answer == _expected(v, q), (seed, q)
+            families.add(q.family)
+        # a needle shows its colour at its centre while it is on, and not in the frames around
         for n in v.needles:
             assert n.end - n.start == 4
+            colour = np.array(COLOURS[n.colour], dtype=int)
+            on = v.frames[n.start : n.end, n.y, n.x].astype(int)
+            assert np.abs(on - colour).max() <= 12, (seed, n)
+            for t in (n.start - 1, n.end):
+                if 0 <= t < len(v.frames) and not any(m.start <= t < m.end for m in v.needles):
+                    assert np.abs(v.frames[t, n.y, n.x].astype(int) - colour).max() > 40
+    assert families == set(FAMILIES)
     deep = make_video(3, 128, n_needles=1, depth=0.9)
     assert deep.needles[0].start >= int(0.9 * 128) - 4
     train, test = make_split("train", 3), make_split("test", 3)
