@@ -159,7 +159,9 @@ def test_quick_bench_writes_a_complete_record(tmp_path):
     assert {"uvd", "uniform", "random"} <= set(d["baselines"])
     for k in ("miou", "boundary_f1", "official_iou", "k_error", "policy_success"):
         assert k in d["metrics"] and k in d["baselines"]["uvd"]
-    assert d["seeds_seen_in_design"] == list(range(10))  # dev seed 0 and the old record's 0-9
+    # dev seed 0, the first record's 0-9 and the committed record's test seeds 100-104
+    assert d["seeds_seen_in_design"] == [*range(10), *range(100, 105)]
+    assert d["splits"]["disjoint"] and {"prior", "pretrain", "test"} <= set(d["splits"]["splits"])
     tuned = d["tuning"]["arms"]
     assert tuned["rdd/efficientnet-lite0"]["evaluated"] >= 4  # the same budget as UVD's
     assert tuned["uvd/efficientnet-lite0"]["evaluated"] >= 4
