@@ -294,10 +294,12 @@ def test_cli_round_trip(tmp_path):
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in res.stdout.strip().splitlines()]
     assert len(rows) == 3 and all(len(x["unmask_step"]) == 24 for x in rows)
+    assert "sample" in res.stderr  # progress goes to stderr, stdout stays JSON lines
     res = r.invoke(app, [*base, "pairs", "--model", model, "--out", str(tmp_path / "p"),
                          "--n-per-task", "4", "--k", "4"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["pairs"] > 0
+    assert "pairs: 4 samples x 12 prompts" in res.stderr
     res = r.invoke(app, [*base, "train", "--model", model, "--out", str(tmp_path / "t"),
                          "--pairs", str(tmp_path / "p"), "--steps", "2", "--batch-size", "2"])  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -306,6 +308,7 @@ def test_cli_round_trip(tmp_path):
                          "--n-per-task", "2"])  # fmt: skip
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)
+    assert "eval (test split)" in res.stderr and "held-out test split" in res.stderr
     assert "per_task" in ev and ev["split"]["name"] == "test" and ev["split"]["items"] == 6
     # bad input: a clear error naming the fix, nothing written
     res = r.invoke(app, [*base, "train", "--model", model, "--out", str(tmp_path / "x")])

@@ -88,7 +88,7 @@ class BenchConfig:
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(
-            size="llama-tiny", pretrain_steps=40, pretrain_batch=32, n_train=60, n_test=6,
+            size="llama-tiny", pretrain_steps=20, pretrain_batch=32, n_train=60, n_test=6,
             n_pair_prompts=6, k=4, seeds=(1, 2), arms=("sft", "dtrpo", "dpo-exact", "dpo-d1"),
             steps=3, batch_pairs=4, lr_grid=(3e-4, 1e-3), axis_grid={"beta": (2.0,)}, budget=2,
             max_widen=1, n_est_traj=6, est_draws=3, est_steps=(2, 3),
