@@ -218,3 +218,28 @@ def test_bad_hf_checkpoints_are_named(tmp_path):
         tmp_path / "llm")  # fmt: skip
     with pytest.raises(CheckpointError, match="vision-language"):
         HFCompressor.from_pretrained(tmp_path / "llm")
+
+
+def test_hf_compressor_runs_in_chunks_of_segments(llava_dir, tmp_path):
+    from fmlab.core.video import open_video, read_video
+    from fmlab.tempo.pipeline import Stack
+
+    video = tmp_path / "v.mp4"
+    make_video(5, 40).write(video)
+    stack = Stack("tempo", compressor=HFCompressor.from_pretrained(llava_dir, mem_tokens=4)).eval()
+    size = (stack.cfg.frame_size, stack.cfg.frame_size)
+    whole = read_video(video, size=size).frames
+    stream = open_video(video, size=size)
+    with torch.no_grad():
+        mem, rel = stack.compress(whole, "how many flashes")  # one forward of 5 segments
+        chunks = (f for f, _ in stream.chunks(16))  # 2 segments per chunk, then 1
+        mem2, rel2, t = stack.compress_chunks(chunks, "how many flashes", batch_segments=1)
+    assert t == 40 and mem2.shape == mem.shape == (5, 4, 32)
+    torch.testing.assert_close(mem2, mem, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rel2, rel, atol=1e-5, rtol=1e-5)
+    base = ["tempo", "compress", str(video), "--query", "how many flashes", "--budget", "30",
+            "--model", str(llava_dir)]  # fmt: skip
+    outs = [runner.invoke(app, [*base, "--batch-segments", k]) for k in ("1", "16")]
+    assert all(r.exit_code == 0 for r in outs), outs[0].output
+    a, b = (json.loads(r.stdout) for r in outs)
+    assert a["allocation"] == b["allocation"] and a["segments"] == 5
