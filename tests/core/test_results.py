@@ -67,7 +67,7 @@ def test_plots_and_report(tmp_path):
     assert "| baseline | 0.55 ± 0.05 | 12 |" in text
     assert "![curve.png](results/demo_method/curve.png)" in text
     assert "- a caveat" in text and "`fmlab x bench`" in text
-    with pytest.raises(FileNotFoundError, match="run a bench"):
+    with pytest.raises(FileNotFoundError, match="no results directory; pass --results"):
         render_report(tmp_path / "missing")
 
 
