@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import typer
@@ -142,7 +143,8 @@ def demo(
         if fn is None:
             continue
         console.print(f"\n[bold]{m.name}[/bold]")
-        with console.status(f"{m.name}: quick bench"), Timer() as tb:
+        with console.status(f"{m.name}: quick bench"), Timer() as tb, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. grid-edge warnings: a smoke run tunes nothing
             try:
                 rec, err = fn(out / m.package.rsplit(".", 1)[-1]), None
             except Exception as e:  # a failing bench must not hide the others
@@ -181,7 +183,9 @@ def _full_result(m, committed: Path | None) -> str:
     """The committed record's headline, its seeds and how long that run took, in words."""
     from fmlab.core.results import load_record
 
-    if not m.record or committed is None or not (committed / m.record).is_file():
+    if not m.record:
+        return f"not run yet, so there is no committed result (see {m.doc})"
+    if committed is None or not (committed / m.record).is_file():
         return f"see {m.doc} in the fmlab repository for its measured result"
     try:
         d = load_record(committed / m.record)
