@@ -10,12 +10,13 @@ is therefore forked from a fresh, small interpreter, which reads the child's own
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["measure_command"]
+__all__ = ["fmlab_executable", "measure_command", "single_thread_env"]
 
 _LAUNCHER = """
 import json, os, sys, time
@@ -69,3 +70,17 @@ def measure_command(cmd: list[str], env: dict | None = None, split_rss: bool = F
         res = json.loads(stats.read_text())
     res["output_tail"] = p.stdout.decode(errors="replace")[-2000:]
     return res
+
+
+def fmlab_executable() -> Path:
+    """The ``fmlab`` command of this environment (measured commands run it as a user would)."""
+    path = Path(sys.executable).parent / "fmlab"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the fmlab command is not installed in this env")
+    return path
+
+
+def single_thread_env() -> dict[str, str]:
+    """This process's environment with one OpenMP/MKL thread: on a shared machine threaded
+    kernels can be orders of magnitude slower, and memory does not depend on the thread count."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from fmlab.core.checkpoint import TensorSource, write_sharded
-from fmlab.core.measure import measure_command
+from fmlab.core.measure import fmlab_executable, measure_command, single_thread_env
 from fmlab.core.results import ResultRecord, write_record
 
 __all__ = ["MODIFIED", "make_modified_copy", "measure_memory"]
@@ -97,12 +97,10 @@ def measure_memory(
 
     t_all = time.perf_counter()
     base = resolve_model_dir(model)
-    fmlab_bin = Path(sys.executable).parent / "fmlab"
-    if not fmlab_bin.exists():
-        raise FileNotFoundError(f"{fmlab_bin}: the fmlab command is not installed in this env")
+    fmlab_bin = fmlab_executable()
     # one thread: on a shared machine MKL's threaded SVD can be ~100x slower (memory does not
     # depend on it); the load average is recorded beside the timings
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = single_thread_env()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         copy = make_modified_copy(base, Path(tmp) / "modified")

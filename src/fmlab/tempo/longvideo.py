@@ -21,7 +21,7 @@ import numpy as np
 
 from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.io import read_json
-from fmlab.core.measure import measure_command
+from fmlab.core.measure import fmlab_executable, measure_command, single_thread_env
 from fmlab.core.results import ResultRecord, write_record
 from fmlab.core.video import write_frames
 
@@ -84,10 +84,8 @@ def run_long_video(
     directory, deleted, by default); nothing there is committed. ``model``: a trained Tempo
     model to use (default: a tiny one trained into ``work`` first)."""
     t_all = time.perf_counter()
-    fmlab_bin = Path(sys.executable).parent / "fmlab"
-    if not fmlab_bin.exists():
-        raise FileNotFoundError(f"{fmlab_bin}: the fmlab command is not installed in this env")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    fmlab_bin = fmlab_executable()
+    env = single_thread_env()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         tmp = Path(tmp)
