@@ -5,6 +5,7 @@ import pytest
 from fmlab.core.results import (
     ResultRecord,
     bar_plot,
+    grouped_bar_plot,
     line_plot,
     load_record,
     mean_std,
@@ -58,7 +59,10 @@ def test_plots_and_report(tmp_path):
         errors={"ours": [0.1, 0.1, 0.1]},
     )
     bar_plot(res / "bars.png", {"ours": 2.0, "base": 1.0}, "tok/s", errors={"ours": 0.1})
+    grouped_bar_plot(res / "groups.png", {"std": {"a": 1.0, "b": 0.5}, "ood": {"a": 0.7}},
+                     "miou", errors={"std": {"a": 0.1}})  # fmt: skip
     assert (res / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (res / "groups.png").read_bytes()[:4] == b"\x89PNG"
     write_record(_record(plots=["curve.png", "bars.png"], notes=["a caveat"]), res / "r.json")
     out = tmp_path / "report.md"
     text = render_report(tmp_path / "results", out)

@@ -66,6 +66,36 @@ def test_dp_equals_brute_force(seed, n, min_len, span, mode, metric, alpha, beta
     assert all(min_len <= e - s <= max_len for s, e in seg.boundaries)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(2, 10),
+    min_len=st.integers(1, 3),
+    span=st.integers(0, 5),
+    k=st.integers(1, 5),
+    alpha=st.sampled_from([0.0, 1.0]),
+)
+@pytest.mark.filterwarnings("ignore::fmlab.rdd.prior.RDDWarning")
+def test_fixed_k_dp_equals_brute_force(seed, n, min_len, span, k, alpha):
+    rng = np.random.default_rng(seed)
+    prior = _prior(rng, 3, int(rng.integers(1, 6)))
+    f = rng.normal(size=(n, 3))
+    max_len = min_len + span
+    if n < min_len:
+        return
+    best, parts = brute_force_segment(f, prior, alpha, 0.0, min_len, max_len, k=k)
+    if not np.isfinite(best):
+        with pytest.raises(RDDError, match=r"cannot be cut|cannot cut"):
+            segment(f, prior, alpha, 0.0, min_len, max_len, k=k)
+        return
+    seg = segment(f, prior, alpha, 0.0, min_len, max_len, k=k)
+    assert len(seg.boundaries) == k == len(parts)
+    assert seg.total == pytest.approx(best, rel=1e-9, abs=1e-9)
+    assert seg.boundaries[0][0] == 0 and seg.boundaries[-1][1] == n
+    # free K is at least as good as any fixed K
+    assert segment(f, prior, alpha, 0.0, min_len, max_len).total >= seg.total - 1e-9
+
+
 @pytest.mark.parametrize("motion", [0.0, 2.0])
 @pytest.mark.parametrize("metric", ["angular", "l2"])
 @pytest.mark.parametrize("mode", ["default", "ood"])

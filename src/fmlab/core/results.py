@@ -30,6 +30,7 @@ __all__ = [
     "doc_pages",
     "env_info",
     "format_interval",
+    "grouped_bar_plot",
     "interval_lines",
     "line_plot",
     "load_record",
@@ -259,6 +260,32 @@ def bar_plot(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    return save_figure(fig, plt, path)
+
+
+def grouped_bar_plot(
+    path: str | os.PathLike,
+    groups: Mapping[str, Mapping[str, float]],
+    ylabel: str,
+    title: str = "",
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
+    """Bars grouped on the x axis (e.g. splits), one colour per series (e.g. arms) with a
+    legend, optional error bars of the same shape; saved as PNG."""
+    plt = figure()
+    series = list(dict.fromkeys(k for g in groups.values() for k in g))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(series) * len(groups) + 2), 4))
+    for i, name in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
+        ys = [g.get(name, float("nan")) for g in groups.values()]
+        errs = [errors.get(gk, {}).get(name, 0.0) for gk in groups] if errors else None
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=name)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, plt, path)
 
 

@@ -28,7 +28,14 @@ import numpy as np
 from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.experiment import Splits, compare, format_delta, record_fields, run_arms, tune
 from fmlab.core.io import Memo
-from fmlab.core.results import ResultRecord, Timer, bar_plot, line_plot, peak_rss_mb, write_record
+from fmlab.core.results import (
+    ResultRecord,
+    Timer,
+    grouped_bar_plot,
+    line_plot,
+    peak_rss_mb,
+    write_record,
+)
 from fmlab.rdd import arena
 from fmlab.rdd.encoders import PixelPCA, PretrainedImageEncoder, StateCNN, TCNEncoder
 from fmlab.rdd.metrics import evaluate
@@ -48,6 +55,8 @@ METRICS = ("miou", "boundary_f1", "official_iou", "k_error", "policy_success")
 # method -> its tuning grid (one point: nothing to tune)
 METHODS = {
     "rdd": {"alpha": [0.25, 1.0, 4.0], "motion": [0.0, 2.0, 8.0]},
+    # ablation: RDD's DP forced to the oracle K, the one thing uniform cutting is given
+    "rdd-k": {"alpha": [0.25, 1.0, 4.0], "motion": [0.0, 2.0, 8.0]},
     "uvd": {"min_interval": [4, 8, 16], "gamma": [0.02, 0.1, 0.5]},
     "uniform": {"k": ["oracle"]},
     "random": {"k": ["oracle"]},
@@ -164,6 +173,8 @@ def _segment(method: str, p: dict, f, ep, prior: Prior | None, rng, cfg) -> Segm
     k = len(ep.boundaries)
     if method == "rdd":
         return segment(f, prior, p["alpha"], 0.0, cfg.min_len)
+    if method == "rdd-k":
+        return segment(f, prior, p["alpha"], 0.0, cfg.min_len, k=k)
     if method == "uvd":
         return uvd_segment(f, int(p["min_interval"]), float(p["gamma"]))
     if method == "uniform":
@@ -188,7 +199,7 @@ def _val_score(arm: str, p: dict, val, feats: _Features, cfg: ArenaConfig) -> fl
     for s, ep in val:
         f = feats(s, enc, ep)
         prior = None
-        if method == "rdd":
+        if method.startswith("rdd"):
             others = [e for t, e in val if t == s and e is not ep]
             prior = _prior(others, lambda e, s=s: feats(s, enc, e), p["motion"])
         seg = _segment(method, p, f, ep, prior, rng, cfg)
@@ -237,7 +248,7 @@ def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
             method, enc = arm.split("/")
             fs = lambda ep: feats(seed, enc, ep)  # noqa: E731
             prior = _prior(feats.demos("prior", seed, cfg.prior_demos), fs,
-                           p.get("motion", 0.0) if method == "rdd" else 0.0)  # fmt: skip
+                           p.get("motion", 0.0) if method.startswith("rdd") else 0.0)  # fmt: skip
             rng, res = np.random.default_rng(seed), {}
             for sp in cfg.splits:
                 eps = [ep for ep in by_seed[seed] if ep.split == sp]
@@ -259,6 +270,9 @@ def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
                 headline=sp == "standard" and base == "uvd")
         for sp in cfg.splits for base, enc_b in (("uvd", head), ("uniform", head))
         for m in ("miou", "boundary_f1")
+    ] + [  # the ablation: does the oracle K close RDD's gap to uniform cutting?
+        compare(runs, f"rdd-k/{head}", f"uniform/{head}", f"{sp}/{m}", items=f"{sp}/per_demo_{m}")
+        for sp in cfg.splits for m in ("miou", "boundary_f1")
     ]  # fmt: skip
     std = {a: {m: summary[a][f"standard/{m}"] for m in METRICS} for a in arms}
     metrics = {**std[ours], "by_arm": summary, "tuning_chosen": tuning.chosen,
@@ -268,9 +282,10 @@ def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
                  for a in arms if a != ours}  # fmt: skip
     plots = []
     for m in ("miou", "boundary_f1"):
-        vals = {f"{sp[:4]} {a}": summary[a][f"{sp}/{m}"]["mean"] for sp in cfg.splits for a in arms}
-        errs = {f"{sp[:4]} {a}": summary[a][f"{sp}/{m}"]["std"] for sp in cfg.splits for a in arms}
-        bar_plot(out / f"arena_{m}.png", vals, m, f"{m} per split and arm (test seeds)", errs)
+        vals = {sp: {a: summary[a][f"{sp}/{m}"]["mean"] for a in arms} for sp in cfg.splits}
+        errs = {sp: {a: summary[a][f"{sp}/{m}"]["std"] for a in arms} for sp in cfg.splits}
+        grouped_bar_plot(out / f"arena_{m}.png", vals, m,
+                         f"{m} per split and arm (test seeds, mean ± std)", errs)  # fmt: skip
         plots.append(f"arena_{m}.png")
     ep = next(e for e in by_seed[cfg.seeds[0]] if e.split == cfg.splits[-1])
     fs = lambda e: feats(cfg.seeds[0], head, e)  # noqa: E731

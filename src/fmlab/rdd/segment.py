@@ -101,12 +101,14 @@ def segment(
     min_len: int = 2,
     max_len: int | None = None,
     uvd_kwargs: dict | None = None,
+    k: int | None = None,
 ) -> Segmentation:
     """The partition of an (N x D) demo maximising the summed interval scores (exact DP).
 
     ``alpha`` defaults to 1 in "default" mode and 0 in "ood" mode; ``beta > 0`` runs UVD on
     the demo (``uvd_kwargs``) for the s_UVD term; ``max_len`` defaults to twice the prior's
-    longest interval (:func:`default_max_len`)."""
+    longest interval (:func:`default_max_len`). ``k`` fixes the number of segments (the best
+    partition into exactly ``k``; an ablation that gives RDD the oracle K uniform cutting gets)."""
     f = check_features(features, "demo", prior.dim)
     n = len(f)
     if max_len is None:
@@ -126,6 +128,8 @@ def segment(
     score[valid] = sc
     nn_grid = np.zeros((n, len(lengths)), dtype=np.int64)
     nn_grid[valid] = nn
+    if k is not None:
+        return _segment_k(n, int(k), lengths, score, nn_grid, prior, min_len, max_len)
     # The recursion: O(N) steps of one vectorised max over the length band.
     dp = np.full(n + 1, -np.inf)
     dp[0] = 0.0
@@ -151,6 +155,38 @@ def segment(
     return Segmentation(segs[::-1], labels[::-1], scores[::-1], "rdd")
 
 
+def _segment_k(n, k, lengths, score, nn_grid, prior, min_len, max_len) -> Segmentation:
+    """The best partition into exactly ``k`` segments: dp[j][e] = max_L dp[j-1][e-L] + J(e-L, e),
+    one vectorised step per segment count."""
+    if not 1 <= k <= n:
+        raise RDDError(f"cannot cut {n} frames into {k} segments")
+    e = np.arange(1, n + 1)[:, None]
+    prev_idx = e - lengths[None, :]  # (n, L): where the segment ending at e starts
+    ok = prev_idx >= 0
+    dp = np.full((k + 1, n + 1), -np.inf)
+    dp[0, 0] = 0.0
+    choice = np.zeros((k + 1, n + 1), dtype=np.int64)
+    for j in range(1, k + 1):
+        cand = np.where(ok, dp[j - 1][np.clip(prev_idx, 0, None)] + score, -np.inf)
+        choice[j, 1:] = np.argmax(cand, axis=1)
+        dp[j, 1:] = cand[np.arange(n), choice[j, 1:]]
+    if not np.isfinite(dp[k, n]):
+        raise RDDError(
+            f"{n} frames cannot be cut into {k} segments of {min_len}..{max_len} frames; "
+            "widen the range"
+        )
+    segs, labels, scores = [], [], []
+    end = n
+    for j in range(k, 0, -1):
+        c = int(choice[j, end])
+        s = end - int(lengths[c])
+        segs.append((s, end))
+        labels.append(str(prior.labels[nn_grid[end - 1, c]]))
+        scores.append(float(score[end - 1, c]))
+        end = s
+    return Segmentation(segs[::-1], labels[::-1], scores[::-1], "rdd")
+
+
 def label_segments(features, prior: Prior, seg: Segmentation, alpha=None) -> Segmentation:
     """Label (and score) another method's segments by retrieval, as RDD labels its own."""
     f = check_features(features, "demo", prior.dim)
@@ -162,7 +198,7 @@ def label_segments(features, prior: Prior, seg: Segmentation, alpha=None) -> Seg
 
 def brute_force_segment(
     features, prior: Prior, alpha: float | None = None, beta: float = 0.0, min_len: int = 2,
-    max_len: int | None = None, uvd_kwargs: dict | None = None,
+    max_len: int | None = None, uvd_kwargs: dict | None = None, k: int | None = None,
 ) -> tuple[float, list[tuple[int, int]]]:  # fmt: skip
     """Best total score and partition by enumerating every partition (small N; for tests).
 
@@ -191,7 +227,7 @@ def brute_force_segment(
     def rec(s, acc, parts):
         nonlocal best
         if s == n:
-            if acc > best[0]:
+            if (k is None or len(parts) == k) and acc > best[0]:
                 best = (acc, list(parts))
             return
         for length in range(min_len, min(max_len, n - s) + 1):
