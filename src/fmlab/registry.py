@@ -120,8 +120,13 @@ METHODS: tuple[Method, ...] = (
     Method(
         name="rlvr-geometry",
         package="fmlab.rlvr_geometry",
-        summary="RLVR three gates: parameter geometry of checkpoints vs their base (analyze).",
-        quick_bench=None,
+        summary="RLVR three gates: parameter geometry of checkpoints vs their base; RL vs SFT.",
+        quick_bench="fmlab.rlvr_geometry.study:quick",
+        demo_says="ran the RL-vs-SFT pipeline (GRPO and SFT through fmlab.core.rl, then the "
+        "geometry of each checkpoint) on a tiny random model for 3 steps with a smoke reward; "
+        "its verdicts test nothing",
+        full_bench="fmlab rlvr-geometry bench",
+        full_bench_time="about 4-6 h on 2 shared cores (8 runs of 60 GRPO/SFT steps on SmolLM2)",
     ),
     Method(
         name="autothink",

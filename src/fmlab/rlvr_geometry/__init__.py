@@ -4,7 +4,8 @@
 weight, update sparsity (bf16-aware and exact), spectral drift (NSS), rotation of the top-k
 singular subspaces, alignment of the changed entries with principal and low-magnitude
 weights, ρ_princ and the rank of ΔW; plus cross-checkpoint Jaccard of the changed masks.
-The RL-vs-SFT study of the paper (trainer, interventions, bench) is not built yet.
+The RL-vs-SFT study (:mod:`.study`: GRPO and SFT through :mod:`fmlab.core.rl`, the three
+gates' interventions, the bench) tests the theory.
 """
 
 from fmlab.rlvr_geometry.analyze import (

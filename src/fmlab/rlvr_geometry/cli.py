@@ -9,8 +9,8 @@ import typer
 from fmlab.core.cliutil import BENCH_OUT_HELP, bench_out, fail
 
 app = typer.Typer(
-    help="RLVR three gates: parameter-level geometry of checkpoints against their base "
-    "(the RL-vs-SFT study is not built yet).",
+    help="RLVR three gates: parameter-level geometry of checkpoints against their base, and "
+    "the RL-vs-SFT study (train, bench).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -96,3 +96,73 @@ def measure_memory_cmd(
         f"analyze: peak RSS {m['peak_rss_mb']:.0f} MiB for a {m['model_size_mb']:.0f} MiB model "
         f"({m['rss_over_model_size']:.2f}x), {m['wall_s']:.0f} s; wrote {out / 'analyze_memory.json'}"
     )
+
+
+@app.command("train")
+def train_cmd(
+    out: Path = typer.Option(..., help="run directory (checkpoints, metrics, model/); resumable"),
+    kind: str = typer.Option("rl", help="rl (DAPO-style GRPO, beta 0) or sft"),
+    model: str = typer.Option("smollm2-135m-instruct", help="bundled name or HF directory"),
+    steps: int = typer.Option(60, help="optimizer steps"),
+    lr: float = typer.Option(None, help="learning rate (default: 1e-6 for rl, 1e-5 for sft)"),
+    seed: int = typer.Option(0),
+    bf16: bool = typer.Option(
+        True, "--bf16/--fp32", help="weight storage (fp32 optimizer either way)"
+    ),
+    beta: float = typer.Option(0.0, help="KL penalty to the base (rl)"),
+    threads: int = typer.Option(1, help="torch threads"),
+) -> None:
+    """One arm of the study on the addition task: RL or SFT from MODEL, saved as an HF model."""
+    from dataclasses import replace
+
+    import torch
+
+    from fmlab.core.models.pretrained import load_pretrained
+    from fmlab.core.rl import GRPOConfig, master_adamw, train_grpo, train_sft
+    from fmlab.core.train import TrainConfig
+    from fmlab.rlvr_geometry.study import StudyConfig, last_int_reward, make_splits
+
+    if kind not in ("rl", "sft"):
+        fail(f"--kind must be rl or sft, got {kind!r}")
+    torch.set_num_threads(threads)
+    cfg = StudyConfig()
+    rows = make_splits(0, cfg.digits, cfg.n_train, cfg.n_test)["train"]
+    try:
+        m, tok = load_pretrained(model, dtype="bfloat16" if bf16 else "float32", device="cpu")
+    except (FileNotFoundError, ValueError, OSError) as e:
+        fail(str(e))
+    tcfg = TrainConfig(steps=steps, lr=lr or (cfg.rl_lr if kind == "rl" else cfg.sft_lr),
+                       warmup_steps=0, weight_decay=0.0, seed=seed,
+                       batch_size=cfg.num_generations * cfg.prompts_per_step)  # fmt: skip
+    if kind == "rl":
+        g = replace(GRPOConfig(), num_generations=cfg.num_generations,
+                    prompts_per_step=cfg.prompts_per_step, max_new_tokens=cfg.max_new_tokens,
+                    loss_type="dapo", epsilon_high=0.28, beta=beta)  # fmt: skip
+        res = train_grpo(m, tok, rows, [last_int_reward], g, tcfg, out, optimizers=master_adamw())
+    else:
+        res = train_sft(m, tok, [(r["prompt"], r["answer"]) for r in rows], tcfg, out,
+                        optimizers=master_adamw())  # fmt: skip
+    res.raise_if_signalled()
+    typer.echo(f"{kind}: {res.steps} steps in {res.wall_s:.0f} s; model in {out / 'model'}; "
+               f"analyze it with: fmlab rlvr-geometry analyze <base> {out / 'model'} --json r.json")  # fmt: skip
+
+
+@app.command("bench")
+def bench_cmd(
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
+    quick: bool = typer.Option(False, help="a tiny random model, 3 steps (claims nothing)"),
+    steps: int = typer.Option(None, help="optimizer steps per arm (default 60)"),
+    rl_seeds: int = typer.Option(None, help="number of RL seeds (default 3)"),
+    model: str = typer.Option(None, help="the base (default: the bundled SmolLM2-135M)"),
+) -> None:
+    """RL vs SFT from one base and the interventions of the three gates (docs/rlvr_geometry.md)."""
+    from fmlab.rlvr_geometry.study import StudyConfig, run_study, with_overrides
+
+    out = bench_out("rlvr_geometry", out, quick)
+    cfg = StudyConfig.quick() if quick else StudyConfig()
+    cfg = with_overrides(cfg, steps=steps, model=model,
+                         rl_seeds=tuple(range(rl_seeds)) if rl_seeds else None)  # fmt: skip
+    rec = run_study(out, cfg)
+    for name, v in rec.metrics["predictions"].items():
+        typer.echo(f"{name}: {v['verdict']}")
+    typer.echo(f"wrote {out / 'study.json'}")
