@@ -44,8 +44,8 @@ class AutoAnswer:
     confidence in (0, 1], or -1 when there was no a1 box or a1 was the fallback. ``tokens`` is
     the number of tokens generated; ``seconds`` the wall time from the start of the call until
     this row stopped (the prefill is shared by the batch). ``stop`` says why it stopped:
-    ``"exit"`` (confident a1), ``"answer"`` (a2 closed), ``"eos"``, ``"budget"`` or
-    ``"context"``.
+    ``"exit"`` (confident a1), ``"answer"`` (a2 closed), ``"a1"`` (``stop_at_a1``), ``"eos"``,
+    ``"budget"`` or ``"context"``.
     """
 
     answer: str | None
@@ -95,7 +95,7 @@ def _confidence(row: _Row, start: int, end: int) -> float:
     return math.exp(sum(picked) / len(picked)) if picked else -1.0
 
 
-def _advance(row: _Row, tau: float) -> None:
+def _advance(row: _Row, tau: float, stop_at_a1: bool = False) -> None:
     """Update a row's phase after its latest token; set ``row.stop`` when it is done."""
     t = row.text
     if row.phase == "a1":
@@ -108,10 +108,16 @@ def _advance(row: _Row, tau: float) -> None:
                 if row.confidence >= tau:
                     row.stop = "exit"
                     return
+            if stop_at_a1:
+                row.stop = "a1"
+                return
             row.phase, row.think_at = "think", m.end()
         elif k >= 0:  # a think block with no box before it: the fallback, or malformed
             if FALLBACK.lower() in " ".join(t[:k].split()).lower():
                 row.a1 = FALLBACK
+            if stop_at_a1:
+                row.stop = "a1"
+                return
             row.phase, row.think_at = "think", k
         else:
             return
@@ -157,16 +163,23 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 def _stepper(model):
-    """``step(ids, mask, pos, cache) -> (cache, last logits)`` for this model's forward: newer
-    transformers name the cache argument ``cache``, older ones ``past_key_values``."""
+    """``step(ids, mask, pos, cache, **inputs) -> (cache, last logits)`` for this model's
+    forward: newer transformers name the cache argument ``cache``, older ones
+    ``past_key_values``; ``inputs`` are extra model inputs (e.g. a video model's frames)."""
     params = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
     extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
-    def step(ids, mask, pos, cache):
+    def step(ids, mask, pos, cache, **inputs):
         kw = {cache_arg: cache} if cache is not None else {}
         out = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw, **extra
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            **kw,
+            **extra,
+            **inputs,
         )
         new = getattr(out, "cache", None)
         if new is None:
@@ -212,6 +225,8 @@ def generate(
     *,
     chat: bool | None = None,
     system: str | None = None,
+    model_inputs: dict | None = None,
+    stop_at_a1: bool = False,
 ) -> AutoAnswer | list[AutoAnswer]:
     """Answer with the VideoAuto-R1 early exit on any Hugging Face causal LM.
 
@@ -224,6 +239,10 @@ def generate(
         max_new_tokens: generation budget per prompt (also capped by the model's context).
         chat: apply the tokenizer's chat template (default: when it has one).
         system: an optional system message (e.g. :data:`FORMAT_INSTRUCTION`).
+        model_inputs: extra tensors for the prefill forward, ``{name: (B, ...)}`` one row per
+            prompt (e.g. ``{"frames": ...}`` for :class:`fmlab.autothink.VideoLlamaForCausalLM`).
+        stop_at_a1: read the model as "a1 only": every row stops once a1 is decided (a box, or
+            the fallback phrase, which then gives no answer); ``stop`` is ``"a1"``.
 
     Returns:
         One :class:`AutoAnswer` for a string prompt, a list for a list.
@@ -240,10 +259,17 @@ def generate(
     if math.isnan(tau):
         raise ValueError("tau is NaN; give a threshold such as 0.97")
     encoded = _encode(tokenizer, prompts, chat, system)
+    for name, v in (model_inputs or {}).items():
+        if not isinstance(v, torch.Tensor) or v.ndim == 0 or len(v) != len(prompts):
+            raise ValueError(
+                f"model_inputs[{name!r}] must be a tensor with one row per prompt "
+                f"({len(prompts)}), got {getattr(v, 'shape', type(v).__name__)}"
+            )
     ctx = _context(model)
     _check_lengths(encoded, ctx)
     model.eval()
     device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in (model_inputs or {}).items()}
     eos = _eos_ids(model, tokenizer)
     rows = [
         _Row(i, min(max_new_tokens, (ctx or 1 << 62) - len(ids)), [], [], [])
@@ -260,7 +286,7 @@ def generate(
     )
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     step = _stepper(model)
-    cache, logits = step(input_ids, mask, pos, None)  # logits (B, V)
+    cache, logits = step(input_ids, mask, pos, None, **inputs)  # logits (B, V)
     last_pos = pos[:, -1]  # (B,)
     active = rows  # rows still decoding, in batch order
     while True:
@@ -276,7 +302,7 @@ def generate(
                 row.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
             )
             row.ends.append(len(row.text))
-            _advance(row, tau)
+            _advance(row, tau, stop_at_a1)
             if not row.stop and tok in eos:
                 row.stop = "eos"
             if not row.stop and len(row.ids) >= row.budget:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmlab.core.data.videos import make_split, make_video
 from fmlab.core.io import Memo, read_json
 from fmlab.core.results import (
     ResultRecord,
@@ -33,7 +34,6 @@ from fmlab.tempo.allocate import allocate
 from fmlab.tempo.evaluate import evaluate_arm
 from fmlab.tempo.longvideo import run_long_video
 from fmlab.tempo.pipeline import ARMS, Stack, TrainConfig, segment_truth, train_stack
-from fmlab.tempo.synth import make_split, make_video
 
 __all__ = ["BenchConfig", "quick", "run", "run_long_video"]
 

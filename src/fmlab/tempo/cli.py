@@ -108,7 +108,7 @@ def make_video_cmd(
     frames: int = typer.Option(128, help="frames at 2 fps"),
 ) -> None:
     """Write a seeded synthetic needle video to a real mp4 and print its questions."""
-    from fmlab.tempo.synth import make_video
+    from fmlab.core.data.videos import make_video
 
     if out.exists():
         fail(f"{out} already exists; choose another path")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fmlab.tempo.synth import COLOURS, SHAPES, SIZE, Needle, Question, _draw
+from fmlab.core.data.videos import COLOURS, SHAPES, SIZE, Needle, Question, draw_needle
 
 __all__ = [
     "DENSE_FAMILIES",
@@ -47,7 +47,7 @@ _SLOTS = ((8, 8), (24, 8), (8, 24), (24, 24))  # quadrant centres (x, y)
 
 @dataclass
 class DenseVideo:
-    """Same interface as :class:`fmlab.tempo.synth.SynthVideo` (``needles`` = every object
+    """Same interface as :class:`fmlab.core.data.videos.SynthVideo` (``needles`` = every object
     occurrence), so ``segment_truth`` and ``evaluate_arm`` take it as they are."""
 
     frames: np.ndarray  # (T, SIZE, SIZE, 3) uint8
@@ -122,7 +122,7 @@ def make_dense_video(seed: int, n_frames: int = 1024, seg_len: int = 8, fps: int
             ids[(i, s)] = len(objects)
             objects.append(Needle(i * seg_len, (i + 1) * seg_len, sh, c, x, y))
             for t in range(i * seg_len, (i + 1) * seg_len):
-                _draw(frames[t], objects[-1])
+                draw_needle(frames[t], objects[-1])
     v = DenseVideo(np.clip(frames, 0, 255).astype(np.uint8), fps, objects, seg_len, seed=seed)
     att = ids[(target_seg, slot)]
     loc = ids[(loc_seg, s0)]

@@ -8,9 +8,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from fmlab.core.data.videos import FAMILIES, SynthVideo
 from fmlab.core.evaluate import auroc
 from fmlab.tempo.pipeline import Stack, segment_truth
-from fmlab.tempo.synth import FAMILIES, SynthVideo
 
 __all__ = ["NEEDLE_FAMILIES", "evaluate_arm", "quarter_iou"]
 

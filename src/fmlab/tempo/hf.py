@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmlab.core.data.videos import COLOURS
 from fmlab.core.io import CheckpointError
-from fmlab.tempo.synth import COLOURS
 
 __all__ = ["SYSTEM_PROMPT", "HFCompressor"]
 

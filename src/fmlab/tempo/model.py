@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
-from fmlab.tempo.synth import ANSWERS, COLOURS, SHAPES
+from fmlab.core.data.videos import ANSWERS, COLOURS, SHAPES
 
 __all__ = ["Compressor", "FrameEncoder", "GlobalModel", "TempoConfig", "Vocab"]
 

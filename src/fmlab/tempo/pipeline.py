@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from fmlab.core.cliutil import log as log_stderr
+from fmlab.core.data.videos import COLOURS, FAMILIES, SynthVideo, make_video
 from fmlab.tempo.allocate import allocate, truncate
 from fmlab.tempo.model import Compressor, FrameEncoder, GlobalModel, TempoConfig, Vocab
-from fmlab.tempo.synth import COLOURS, FAMILIES, SynthVideo, make_video
 
 __all__ = ["ARMS", "Stack", "TrainConfig", "UnknownWordsWarning", "segments_of", "train_stack"]
 

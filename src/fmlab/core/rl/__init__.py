@@ -3,6 +3,7 @@ VideoAuto-R1): GRPO/DAPO (:mod:`.grpo`), SFT from the same base (:mod:`.sft`) an
 with fp32 master weights and fixed update masks (:mod:`.optim`)."""
 
 from fmlab.core.rl.grpo import (
+    MODEL_INPUT,
     GRPOConfig,
     RolloutSource,
     completion_mask,
@@ -16,6 +17,7 @@ from fmlab.core.rl.optim import MasterAdamW, master_adamw
 from fmlab.core.rl.sft import train_sft
 
 __all__ = [
+    "MODEL_INPUT",
     "GRPOConfig",
     "MasterAdamW",
     "RolloutSource",

@@ -28,6 +28,12 @@ with an fp32 optimizer (:class:`MasterAdamW`, the "three gates" study's Gate III
 gradient masks, both through ``train``'s optimizer hook, and (3) the same loop for SFT from the
 same base. The definitions above follow TRL's so numbers are comparable.
 
+Extra model inputs (vision-language models): ``model_inputs(rows) -> {name: (B, ...) tensor}``
+gives each rollout row tensors (e.g. ``pixel_values`` or video frames) that are passed by name
+to ``generate`` and to every forward of the loss (policy, old and reference log-probs), so a
+model that reads visual inputs from keyword arguments, as HF VLMs do, trains unchanged; the
+tensors travel in the batch under ``MODEL_INPUT + name``.
+
 Exact resume: a rollout batch is a pure function of (seed, step, micro-step, rank) and the
 current weights, which the checkpoint restores. With ``num_iterations`` > 1 a rollout is reused
 for that many steps; a resume in the middle of such a cycle regenerates it from the resumed
@@ -53,6 +59,7 @@ from fmlab.core.io import atomic_write_json
 from fmlab.core.train import CHECKPOINT, TrainConfig, TrainResult, train
 
 __all__ = [
+    "MODEL_INPUT",
     "GRPOConfig",
     "RolloutSource",
     "completion_mask",
@@ -64,6 +71,7 @@ __all__ = [
 ]
 
 ROLLOUTS = "rollouts.jsonl"
+MODEL_INPUT = "model_input."  # batch keys of the extra model inputs (see ``RolloutSource``)
 
 
 @dataclass
@@ -146,23 +154,30 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def sequence_logps(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
-    temperature: float = 1.0,
+    temperature: float = 1.0, **model_inputs,
 ) -> torch.Tensor:  # fmt: skip
     """Log-probabilities ``(B, n_completion)`` of the last ``n_completion`` tokens of each row
     under ``model`` (logits divided by ``temperature``, as sampling used), with position ids
-    from the attention mask so left padding does not shift positions."""
+    from the attention mask so left padding does not shift positions. ``model_inputs`` (e.g.
+    a VLM's visual tensors) are passed to the forward by name."""
     out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=_positions(attention_mask), use_cache=False)  # fmt: skip
+                position_ids=_positions(attention_mask), use_cache=False,
+                **model_inputs)  # fmt: skip
     logits = out.logits[:, -n_completion - 1 : -1].float() / temperature
     targets = input_ids[:, -n_completion:]
     return torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _batch_model_inputs(batch: dict) -> dict:
+    return {k[len(MODEL_INPUT) :]: v for k, v in batch.items() if k.startswith(MODEL_INPUT)}
 
 
 def grpo_loss(model, batch: dict, cfg: GRPOConfig) -> torch.Tensor:
     """The clipped surrogate (+ beta KL) of one rollout batch, reduced per ``cfg.loss_type``."""
     mask = batch["completion_mask"].float()
     n = mask.size(1)
-    logp = sequence_logps(model, batch["input_ids"], batch["attention_mask"], n, cfg.temperature)
+    logp = sequence_logps(model, batch["input_ids"], batch["attention_mask"], n, cfg.temperature,
+                          **_batch_model_inputs(batch))  # fmt: skip
     old = batch["old_logps"] if "old_logps" in batch else logp.detach()
     ratio = torch.exp(logp - old)
     adv = batch["advantages"].unsqueeze(1)
@@ -191,7 +206,9 @@ class RolloutSource:
     """The :class:`fmlab.core.train.BatchSource` of GRPO: each call samples a fresh rollout
     batch from ``model`` (the policy being trained) and returns the tensors ``grpo_loss``
     reads. ``rows`` are the dataset: dicts with a ``"prompt"`` and any columns the reward
-    functions read (passed to them by name, TRL-style)."""
+    functions read (passed to them by name, TRL-style). ``model_inputs``, when given, maps a
+    rollout's rows to extra tensors for the model's forward (``{name: (B, ...)}``, one entry per
+    row in order; e.g. the frames of each row's video)."""
 
     model: Any
     tokenizer: Any
@@ -203,6 +220,7 @@ class RolloutSource:
     seed: int = 0
     history: list[dict] = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
+    model_inputs: Callable[[list[dict]], dict[str, torch.Tensor]] | None = None
 
     def __post_init__(self):
         if not self.rows:
@@ -228,6 +246,19 @@ class RolloutSource:
             )
         return tok(prompt, add_special_tokens=False)["input_ids"]
 
+    def _extra_inputs(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.model_inputs is None:
+            return {}
+        extra = self.model_inputs(rows)
+        bad = [k for k, v in extra.items()
+               if not isinstance(v, torch.Tensor) or v.ndim == 0 or len(v) != len(rows)]  # fmt: skip
+        if not isinstance(extra, dict) or bad:
+            raise ValueError(
+                f"model_inputs must return {{name: tensor of first dimension {len(rows)}}} "
+                f"(one entry per rollout row); bad entries: {bad}"
+            )
+        return extra
+
     def batch(self, step: int, micro: int, rank: int, world: int, batch_size: int) -> dict:
         cycle = step // self.cfg.num_iterations
         key = (cycle, micro, rank)
@@ -250,6 +281,8 @@ class RolloutSource:
         for i, e in enumerate(enc):
             ids[i, width - len(e) :] = torch.tensor(e)
             pmask[i, width - len(e) :] = 1
+        extra = self._extra_inputs(rows)
+        extra_dev = {k: v.to(dev) for k, v in extra.items()}
         was_training = model.training
         model.eval()
         with torch.random.fork_rng(devices=[]):
@@ -258,7 +291,7 @@ class RolloutSource:
                 input_ids=ids.to(dev), attention_mask=pmask.to(dev), do_sample=True,
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                 max_new_tokens=cfg.max_new_tokens, pad_token_id=self.pad_id,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=tok.eos_token_id, **extra_dev,
             )  # fmt: skip
         comp = gen[:, width:].cpu()
         cmask = completion_mask(comp, tok.eos_token_id)
@@ -278,13 +311,14 @@ class RolloutSource:
         amask = torch.cat([pmask, cmask], 1)
         out = {"input_ids": full, "attention_mask": amask, "completion_mask": cmask,
                "advantages": adv}  # fmt: skip
+        out.update({MODEL_INPUT + k: v for k, v in extra.items()})
         n = comp.size(1)
         if cfg.num_iterations > 1:
             out["old_logps"] = sequence_logps(model, full.to(dev), amask.to(dev), n,
-                                              cfg.temperature).cpu()  # fmt: skip
+                                              cfg.temperature, **extra_dev).cpu()  # fmt: skip
         if cfg.beta:
             out["ref_logps"] = sequence_logps(self.ref_model, full.to(dev), amask.to(dev), n,
-                                              cfg.temperature).cpu()  # fmt: skip
+                                              cfg.temperature, **extra_dev).cpu()  # fmt: skip
         if was_training:
             model.train()
         row = {"step": step, "micro": micro, "rank": rank,
@@ -346,11 +380,13 @@ def train_grpo(
     optimizers=None,
     eval_fn=None,
     stop_at: int | None = None,
+    model_inputs: Callable[[list[dict]], dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """GRPO/DAPO on ``model`` (trained in place) through :func:`fmlab.core.train.train`:
     resumable from ``out_dir``, SIGTERM-safe; rollout statistics go to ``rollouts.jsonl``
     there (see :func:`read_rollout_log`). With ``cfg.beta > 0`` and no ``ref_model``, a frozen
-    copy of the starting model is the reference."""
+    copy of the starting model is the reference. ``model_inputs``: see :class:`RolloutSource`
+    (extra per-row tensors for the forward, e.g. a video model's frames)."""
     if cfg.beta and ref_model is None:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     out = Path(out_dir) if out_dir is not None else None
@@ -362,6 +398,6 @@ def train_grpo(
             log_path.unlink(missing_ok=True)
         atomic_write_json(out / "grpo_config.json", asdict(cfg))
     src = RolloutSource(model, tokenizer, rows, reward_funcs, cfg, ref_model, log_path,
-                        seed=train_cfg.seed)  # fmt: skip
+                        seed=train_cfg.seed, model_inputs=model_inputs)  # fmt: skip
     return train(model, src, train_cfg, out_dir=out, loss_fn=lambda m, b: grpo_loss(m, b, cfg),
                  eval_fn=eval_fn, optimizers=optimizers, stop_at=stop_at)  # fmt: skip
