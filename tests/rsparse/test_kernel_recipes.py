@@ -38,10 +38,10 @@ def test_decode_kernel_equals_torch_path(alpha, bias):
             rs.fast = True
             torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     # and the numpy reference of the same formula
-    x = np.random.default_rng(0).standard_normal(96).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 96)).astype(np.float32)
     wt, cn, vt, us = rs._kernel_args()
-    y = np.empty(40, np.float32)
-    kernel.sparse_lowrank_gemv(x, wt, cn, rs.threshold.item(), vt, us, y)
+    y = np.empty((1, 40), np.float32)
+    kernel.sparse_lowrank_gemm(x, wt, cn, rs.threshold.item(), vt, us, y)
     np.testing.assert_allclose(
         y, kernel.reference(x, wt, cn, rs.threshold.item(), vt, us), atol=1e-5
     )

@@ -16,6 +16,7 @@ from fmlab.rsparse.sparse import (
     budget,
     calibrate,
     rsparse_modules,
+    set_max_kernel_batch,
     set_protocol,
     sparsify,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "rsparse_modules",
     "save_sparse",
     "set_cats_protocol",
+    "set_max_kernel_batch",
     "set_protocol",
     "sparsify",
     "teal_greedy",

@@ -10,19 +10,30 @@
   Calibration keeps a sorted sample of the dense scores, so a module can be re-configured to
   any (s, α) without another forward (what the recipe search does thousands of times).
 
-Protocols: ``all`` sparsifies every token; ``tail`` only the last 10% of the tokens of each
-forward (what the official evaluation code does: a dense prefix, a sparse "decode").
+Protocols (what is sparse; :data:`PROTOCOLS`):
+- ``all``: every token of every forward (the quality protocol; the default).
+- ``tail``: only the last 10% of the tokens of each forward (what the official evaluation code
+  does: a dense prefix, a sparse "decode").
+- ``decode``: the serving protocol. A forward of several tokens per sequence (prefill) runs
+  the dense layer, where sparsity cannot pay (GEMM is compute-bound and masking skips no
+  work); single-token forwards (decode) are sparse through the kernel while the batch is at
+  most ``max_kernel_batch``, and dense above it (the union of the rows' kept channels then
+  covers nearly every weight row). So no path is slower than dense.
 
-A single token (batch-1 decode) goes through the compiled kernel of ``fmlab.rsparse.kernel``,
-which reads only the kept rows of Wᵀ and the thin low-rank factors; longer inputs go through
-torch (masked dense GEMM plus the low-rank product: no faster than dense, and said so).
+Which code runs: single-token rows (decode, batch ≤ ``max_kernel_batch``) go through the
+compiled kernel of ``fmlab.rsparse.kernel`` (fp32 or bf16, on ``torch.get_num_threads()``
+threads), which reads only the kept rows of Wᵀ and the thin low-rank factors. Under ``all`` and
+``tail`` other inputs take the masked torch path (dense GEMM on m ⊙ x plus the low-rank
+product: the sparse numerics at dense cost, for evaluation).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,14 +46,20 @@ __all__ = [
     "budget",
     "calibrate",
     "rsparse_modules",
+    "set_max_kernel_batch",
     "set_protocol",
     "sparsify",
 ]
 
-PROTOCOLS = ("all", "tail")
+PROTOCOLS = ("all", "tail", "decode")
 TAIL_FRACTION = 0.1
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CALIB_SAMPLES = 16384  # sorted scores kept per module after calibration
+CALIB_SAMPLES = 16384  # scores kept per module (a reservoir sample, sorted after calibration)
+# Decode batches up to this size go through the kernel. It reads the union of the rows' kept
+# channels, which at 50% and batch 4 is already most rows (the speed bench measures the
+# crossover and records it: ``kernel_batch_crossover``); set_max_kernel_batch changes it.
+MAX_KERNEL_BATCH = 4
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def budget(d_in: int, d_out: int, sparsity: float, alpha: float) -> tuple[int, int]:
@@ -78,17 +95,22 @@ class RSparseLinear(nn.Module):
         self.bias = linear.bias
         self.weighted = bool(weighted)
         w = self.weight.detach()
+        # channel weights in fp32 whatever the model's dtype: the kernel and the torch path
+        # then take the same keep/drop decisions
         cn = w.float().norm(dim=0) if weighted else torch.ones(self.in_features)
-        self.register_buffer("col_norm", cn.to(w.dtype), persistent=False)
+        self.register_buffer("col_norm", cn.float().contiguous(), persistent=False)
         self.register_buffer("threshold", torch.tensor(math.inf), persistent=False)
+        self._tau = math.inf
         self.calib: torch.Tensor | None = None  # sorted calibration scores
         self._svd: tuple[torch.Tensor, torch.Tensor] | None = None  # full (US, V), if kept
         self.keep_svd = keep_svd
         self.lr_us: torch.Tensor | None = None  # (d_out, r)
         self.lr_vt: torch.Tensor | None = None  # (d_in, r)
         self.protocol = "all"
+        self.max_kernel_batch = MAX_KERNEL_BATCH
         self.fast = kernel.AVAILABLE
-        self._collect: list[torch.Tensor] | None = None
+        self._collect: _Reservoir | None = None
+        self._kstate: tuple | None = None
         self.sparsity, self.alpha, self.k, self.rank = 0.0, 1.0, self.in_features, 0
         self.configure(sparsity, alpha)
 
@@ -117,8 +139,12 @@ class RSparseLinear(nn.Module):
         self.set_threshold(self._threshold_for(k))
 
     def set_threshold(self, tau: float) -> None:
+        """τ, rounded to a float32 value (scores are float32, so both code paths compare the
+        same numbers)."""
+        tau = float(np.float32(tau))
         self.threshold.fill_(tau)
-        self._np = None  # numpy views for the decode kernel, rebuilt on first use
+        self._tau = tau
+        self._kstate = None  # numpy views for the decode kernel, rebuilt on first use
 
     def _threshold_for(self, k: int) -> float:
         if k >= self.in_features:
@@ -130,6 +156,7 @@ class RSparseLinear(nn.Module):
         return float(torch.quantile(self.calib, 1.0 - k / self.in_features))
 
     def set_calibration(self, scores: torch.Tensor) -> None:
+        """τ from calibration scores (any shape; more than ``CALIB_SAMPLES`` are subsampled)."""
         s = scores.reshape(-1).float()
         if s.numel() == 0:
             raise ValueError("no calibration activations")
@@ -147,32 +174,51 @@ class RSparseLinear(nn.Module):
         return self.in_features * self.out_features
 
     def weights_read(self) -> float:
-        """Weights read per token at the budget (floats): k rows of Wᵀ plus the low-rank part."""
+        """Weights read per token at the budget (floats): k rows of Wᵀ plus the low-rank part.
+        The budget, not a measurement (the kernel's counters measure; see ``kernel``)."""
         r, k = self.rank, self.k
-        if self.threshold.item() == -math.inf:
+        if self._tau == -math.inf:
             return float(self.params)
         return float(k * self.out_features + (self.in_features - k) * r + self.out_features * r)
 
     # -- forward ----------------------------------------------------------------------------
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        return x.abs() * self.col_norm
+        """|x_j|·c_j in float32 (c_j = ‖W[:, j]‖₂, or 1 for magnitude scores)."""
+        return x.abs().float() * self.col_norm
+
+    def _dense(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        _count_dense(self, rows, rows * self.in_features)
+        return nn.functional.linear(x, self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._collect is not None:  # calibrating: record scores of dense activations
-            self._collect.append(self.scores(x.detach()).reshape(-1, self.in_features).float())
+            self._collect.add(self.scores(x.detach()))
             return nn.functional.linear(x, self.weight, self.bias)
-        tau = self.threshold.item()
-        if tau == -math.inf:  # everything kept: the dense layer exactly
-            return nn.functional.linear(x, self.weight, self.bias)
-        if (
+        rows = x.numel() // self.in_features
+        if self._tau == -math.inf:  # everything kept: the dense layer exactly
+            return self._dense(x, rows)
+        per_seq = x.shape[-2] if x.dim() >= 3 else 1  # tokens per sequence in this forward
+        if per_seq == 1:  # decode
+            if rows <= self.max_kernel_batch and self._kernel_ok(x):
+                return self._decode(x, rows)
+            if self.protocol == "decode":  # sparsity cannot pay at this batch
+                return self._dense(x, rows)
+        elif self.protocol == "decode":  # prefill: dense
+            return self._dense(x, rows)
+        return self._masked(x, rows)
+
+    def _kernel_ok(self, x: torch.Tensor) -> bool:
+        return (
             self.fast
-            and x.numel() == self.in_features
-            and x.dtype == torch.float32
             and x.device.type == "cpu"
+            and x.dtype is self.weight.dtype
+            and x.dtype in _KERNEL_DTYPES
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-        ):
-            return self._decode(x, tau)
-        keep = self.scores(x) > tau
+        )
+
+    def _masked(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """The sparse numerics with torch ops: dense GEMM on m ⊙ x plus the low-rank part."""
+        keep = self.scores(x) > self._tau
         if self.protocol == "tail" and x.dim() == 3:
             t = x.shape[1]
             keep[:, : t - math.ceil(TAIL_FRACTION * t)] = True
@@ -180,24 +226,39 @@ class RSparseLinear(nn.Module):
         y = nn.functional.linear(xs, self.weight, self.bias)
         if self.lr_vt is not None:
             y = y + (x - xs) @ self.lr_vt @ self.lr_us.t()
+        _count_dense(self, rows, int(keep.sum()))
         return y
 
     def _kernel_args(self) -> tuple:
-        if self._np is None:
-            r, dt = self.rank, self.weight.dtype
-            vt = self.lr_vt if r else torch.zeros((self.in_features, 0), dtype=dt)
-            us = self.lr_us if r else torch.zeros((self.out_features, 0), dtype=dt)
+        """(Wᵀ, c, Vᵀ, US) as numpy arrays for the kernel (bf16 as its uint16 bits)."""
+        if self._kstate is None:
+            r, d_in, d_out = self.rank, self.in_features, self.out_features
             w = self.weight.detach()
             if not w.t().is_contiguous():  # e.g. weights loaded after construction
                 w.data = w.t().contiguous().t()
-            self._np = (w.t().numpy(), self.col_norm.numpy(), vt.numpy(), us.numpy())
-        return self._np
+            wt = w.t()
+            if wt.dtype is torch.bfloat16:
+                wt = wt.view(torch.int16).numpy().view(np.uint16)
+            else:
+                wt = wt.numpy()
+            if r:
+                vt = self.lr_vt.detach().float().contiguous().numpy()
+                us = self.lr_us.detach().float().contiguous().numpy()
+            else:
+                vt, us = np.zeros((d_in, 0), np.float32), np.zeros((d_out, 0), np.float32)
+            self._kstate = (wt, self.col_norm.numpy(), vt, us)
+        return self._kstate
 
-    def _decode(self, x: torch.Tensor, tau: float) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         wt, cn, vt, us = self._kernel_args()
-        y = torch.empty(self.out_features, dtype=x.dtype)
-        xv = x.detach().reshape(-1).contiguous().numpy()
-        kernel.sparse_lowrank_gemv(xv, wt, cn, tau, vt, us, y.numpy())
+        x2 = x.detach().reshape(rows, self.in_features).contiguous()
+        y = torch.empty((rows, self.out_features), dtype=x.dtype)
+        if x.dtype is torch.bfloat16:
+            xv, yv = x2.view(torch.int16).numpy().view(np.uint16), y.view(torch.int16).numpy()
+            yv = yv.view(np.uint16)
+        else:
+            xv, yv = x2.numpy(), y.numpy()
+        kernel.sparse_lowrank_gemm(xv, wt, cn, self._tau, vt, us, yv, torch.get_num_threads())
         if self.bias is not None:
             y += self.bias.detach()
         return y.view(*x.shape[:-1], self.out_features)
@@ -207,6 +268,45 @@ class RSparseLinear(nn.Module):
             f"{self.in_features}->{self.out_features}, s={self.sparsity:g}, "
             f"alpha={self.alpha:g}, k={self.k}, r={self.rank}, weighted={self.weighted}"
         )
+
+
+def _count_dense(m: RSparseLinear, rows: int, kept: int) -> None:
+    """Count a torch-path call in the kernel's counters: it reads every weight row."""
+    c = kernel.COUNTERS
+    c[kernel.C_CALLS] += 1
+    c[kernel.C_ROWS] += rows
+    c[kernel.C_SEEN] += rows * m.in_features
+    c[kernel.C_KEPT] += kept
+    c[kernel.C_STREAMED] += m.in_features
+    c[kernel.C_BYTES] += m.params * m.weight.element_size()
+
+
+class _Reservoir:
+    """A uniform sample of at most ``size`` of the values seen (Algorithm R, vectorised per
+    batch), so calibration memory stays ``size`` floats per module however much text it sees."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.buf = torch.empty(size)
+        self.size, self.seen, self.gen = size, 0, generator
+
+    def add(self, values: torch.Tensor) -> None:
+        v = values.reshape(-1).float()
+        m = v.numel()
+        fill = min(max(self.size - self.seen, 0), m)
+        if fill:
+            self.buf[self.seen : self.seen + fill] = v[:fill]
+        rest = v[fill:]
+        if rest.numel():
+            # item i (0-based over everything seen) replaces a random slot with prob size/(i+1)
+            idx = torch.arange(self.seen + fill, self.seen + m, dtype=torch.float64)
+            slot = torch.rand(rest.numel(), generator=self.gen, dtype=torch.float64) * (idx + 1)
+            slot = slot.long()
+            hit = slot < self.size
+            self.buf[slot[hit]] = rest[hit]
+        self.seen += m
+
+    def sample(self) -> torch.Tensor:
+        return self.buf[: min(self.seen, self.size)]
 
 
 def rsparse_modules(model: nn.Module) -> dict[str, RSparseLinear]:
@@ -251,30 +351,57 @@ def sparsify(
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    samples: int = CALIB_SAMPLES,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Set every RSparseLinear's τ so that k of d_in channels pass on the calibration tokens.
 
-    The calibration forward runs dense, so every layer's τ comes from dense activations."""
+    The calibration forward runs dense, so every layer's τ comes from dense activations. Each
+    module keeps a seeded reservoir sample of ``samples`` channel scores (not every score), so
+    memory is bounded whatever the amount of calibration text. ``progress`` gets one line per
+    batch."""
     mods = rsparse_modules(model)
     if not mods:
         raise ValueError("the model has no RSparseLinear layers; call sparsify() first")
+    gen = torch.Generator().manual_seed(seed)
     for m in mods.values():
-        m._collect = []
+        m._collect = _Reservoir(samples, gen)
+    batches = list(batches)
     try:
-        for ids in batches:
+        for i, ids in enumerate(batches):
+            t0 = time.perf_counter()
             model(input_ids=ids)
+            if progress:
+                progress(
+                    f"calibration batch {i + 1}/{len(batches)} "
+                    f"({ids.numel()} tokens, {time.perf_counter() - t0:.1f} s)"
+                )
     finally:
         collected = {n: m._collect for n, m in mods.items()}
         for m in mods.values():
             m._collect = None
     for name, m in mods.items():
-        if not collected[name]:
+        if collected[name].seen == 0:
             raise ValueError(f"{name}: no calibration activations (were any batches given?)")
-        m.set_calibration(torch.cat(collected[name]))
+        m.set_calibration(collected[name].sample())
 
 
 def set_protocol(model: nn.Module, protocol: str) -> None:
+    """``all`` | ``tail`` | ``decode`` for every RSparseLinear (see the module docstring)."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for m in rsparse_modules(model).values():
         m.protocol = protocol
+
+
+def set_max_kernel_batch(model: nn.Module, batch: int) -> None:
+    """Decode batches up to ``batch`` rows use the kernel (0: never); larger ones the dense
+    layer (protocol ``decode``) or the masked torch path (``all`` / ``tail``)."""
+    if batch < 0:
+        raise ValueError(f"max kernel batch must be >= 0, got {batch}")
+    for m in rsparse_modules(model).values():
+        m.max_kernel_batch = int(batch)
