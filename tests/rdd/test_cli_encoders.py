@@ -174,5 +174,19 @@ def test_quick_bench_writes_a_complete_record(tmp_path):
     assert d["setup"]["threads"] == 1
     # a verdict per paired comparison, won / lost / not shown, with both intervals
     verdicts = [n for n in d["notes"] if "per-demo [" in n]  # one seed: no per-seed interval
-    assert len(verdicts) == len(d["intervals"]) == 16
+    assert len(verdicts) == len(d["intervals"]) == 24  # 16 headline + 8 of the rdd-k ablation
+    assert sum("the oracle K closes" in n for n in d["notes"]) == 4  # a cause per split
     assert (tmp_path / "arena_timeline.png").stat().st_size > 1000
+
+
+def test_verdict_needs_every_interval_on_one_side():
+    from fmlab.rdd.bench import verdicts
+
+    def iv(seed, item):
+        return {"a": "rdd/x", "b": "uvd/x", "metric": "standard/miou", "estimate": -0.03,
+                "per_seed": {"lo": seed[0], "hi": seed[1]},
+                "per_item": {"lo": item[0], "hi": item[1]}}  # fmt: skip
+
+    assert "LOSES" in verdicts({"a": iv((-0.05, -0.01), (-0.07, -0.002))})[0]
+    assert "not shown" in verdicts({"a": iv((-0.05, -0.005), (-0.075, 0.018))})[0]
+    assert "wins" in verdicts({"a": iv((0.01, 0.05), (0.02, 0.04))})[0]
