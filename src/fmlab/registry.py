@@ -118,6 +118,19 @@ METHODS: tuple[Method, ...] = (
         record="",  # not run yet: no committed record
     ),
     Method(
+        name="flash",
+        package="fmlab.flash",
+        summary="MobileLLM-Flash: latency-model-guided pruning search; attention skipping; export.",
+        quick_bench="fmlab.flash.bench:quick",
+        demo_says="cut the bundled SmolLM2-135M to 6 layers, measured a dozen pruned "
+        "candidates on this CPU, fitted a latency model, ran a 10-trial NSGA-II search and "
+        "distilled one pick for 3 steps against depth-only and uniform-width baselines; a "
+        "dozen candidates and 3 steps only show that it runs",
+        full_bench="fmlab flash bench --out docs/results/flash",
+        full_bench_time="about 5 h on 2 cores (estimated, not run yet); resumable",
+        record="",  # not run yet: no committed record
+    ),
+    Method(
         name="rlvr-geometry",
         package="fmlab.rlvr_geometry",
         summary="RLVR three gates: parameter geometry of checkpoints vs their base; RL vs SFT.",
@@ -133,6 +146,20 @@ METHODS: tuple[Method, ...] = (
         package="fmlab.autothink",
         summary="VideoAuto-R1: answer, think only when unsure (real early exit), reward.",
         quick_bench=None,  # no bench yet (issue 23 open): training and bench not built
+    ),
+    Method(
+        name="nc",
+        package="fmlab.neural_computer",
+        summary="Neural Computers: record a real terminal / toy desktop, train a runtime, play it.",
+        quick_bench="fmlab.neural_computer.bench:quick",
+        demo_says="recorded one real sandboxed bash episode per script family and a few toy "
+        "desktop sessions, trained tiny runtimes for 12 steps (actions in every block vs at the "
+        "input, cursor mask vs raw coordinates, goal vs random data) and read their frames back "
+        "by glyph matching; 12 steps learn nothing, so scores equal to copy-last-frame and "
+        "an echo accuracy of 0 are expected",
+        full_bench="fmlab nc bench --out docs/results/neural_computer",
+        full_bench_time="about 10 h on 2 cores (estimated, not run yet); resumable",
+        record="",  # not run yet: no committed record
     ),
 )
 
