@@ -111,7 +111,7 @@ def make_splits(seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, l
 
 def _short(line: str, width: int = 160) -> str:
     """A run_arms progress line without the per-family metrics (its end says the time)."""
-    return line if len(line) <= width else f"{line[:width]} ... {line[line.rfind('('):]}"
+    return line if len(line) <= width else f"{line[:width]} ... {line[line.rfind('(') :]}"
 
 
 def _scalars(d: dict) -> dict:
