@@ -122,12 +122,13 @@ METHODS: tuple[Method, ...] = (
         package="fmlab.flash",
         summary="MobileLLM-Flash: latency-model-guided pruning search; attention skipping; export.",
         quick_bench="fmlab.flash.bench:quick",
-        demo_says="cut the bundled SmolLM2-135M to 6 layers, measured a dozen pruned "
-        "candidates on this CPU, fitted a latency model, ran a 10-trial NSGA-II search and "
-        "distilled one pick for 3 steps against depth-only and uniform-width baselines; a "
-        "dozen candidates and 3 steps only show that it runs",
+        demo_says="cut the bundled SmolLM2-135M to 6 of its layers, pruned and measured 9 "
+        "candidates on this CPU, fitted a GP latency model, ran an 8-trial NSGA-II search and "
+        "distilled one pick for 2 steps beside depth-only and uniform-width baselines; 9 "
+        "candidates and 2 steps only show that it runs (held-out R² and perplexities mean nothing)",
         full_bench="fmlab flash bench --out docs/results/flash",
-        full_bench_time="about 5 h on 2 cores (estimated, not run yet); resumable",
+        full_bench_time="about 6 h on 2 cores (estimated from stage timings, not run yet); "
+        "resumable",
         record="",  # not run yet: no committed record
     ),
     Method(
@@ -145,7 +146,16 @@ METHODS: tuple[Method, ...] = (
         name="autothink",
         package="fmlab.autothink",
         summary="VideoAuto-R1: answer, think only when unsure (real early exit), reward.",
-        quick_bench=None,  # no bench yet (issue 23 open): training and bench not built
+        quick_bench="fmlab.autothink.bench:quick",
+        demo_says="generated synthetic needle videos with perception and reasoning questions, "
+        "gave six tiny video-QA models (CNN frame encoder + Llama) a few warm-start and GRPO "
+        "steps (direct-only, always-think, switch, VideoAuto-R1 and two reward ablations) and "
+        "answered with the real early exit; a dozen steps teach nothing, so accuracies near 0 "
+        "are expected",
+        full_bench="fmlab autothink bench",
+        full_bench_time="about 3 h on 2 cores (estimated, not run: 3 seeds, 19 trained "
+        "models); resumable",
+        record="",  # not run yet: no committed record
     ),
     Method(
         name="nc",
