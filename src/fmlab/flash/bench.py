@@ -80,8 +80,8 @@ class BenchConfig:
     search_trials: int = 200
     population: int = 24
     min_layers: int = 8
-    pick_latency: tuple[float, ...] = (0.45, 0.55, 0.65)
-    recover_tokens: int = 400_000
+    pick_latency: tuple[float, ...] = (0.5, 0.65)
+    recover_tokens: int = 51_200  # 25 steps of 8 x 256 tokens
     batch_size: int = 8
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     tune_fraction: float = 0.25
@@ -100,7 +100,7 @@ class BenchConfig:
             truncate=(0, 1, 2, 27, 28, 29), repeats=2, decode_tokens=2, prefill_lengths=(32,),
             decode_contexts=(32,), candidates=6, test_candidates=3, reference_every=10,
             calib_rows=2, seq_len=64, eval_rows=2, search_trials=8, population=4, min_layers=2,
-            pick_latency=(0.75,), recover_tokens=2 * 32 * 2, batch_size=2, lr_grid=(3e-4,),
+            pick_latency=(0.75,), recover_tokens=2 * 64 * 2, batch_size=2, lr_grid=(3e-4,),
             seeds=(1,), long_context=128, skip_counts=(0, 3), export=False, front_measured=2,
             checkpoints=False,
         )  # fmt: skip

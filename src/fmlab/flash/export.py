@@ -46,19 +46,29 @@ def _torchao_dirs() -> list[Path]:
 
 
 def executorch_available() -> str | None:
-    """None when ExecuTorch with XNNPACK can be used, else why not (with the install command)."""
+    """None when ExecuTorch with XNNPACK can be used, else why not (with the install command).
+    Changes nothing (:func:`_use_executorch` puts torchao on ``sys.path`` when exporting)."""
     import importlib.util
 
     if importlib.util.find_spec("executorch") is None:
         return f"executorch is not installed; install it with: {INSTALL}"
-    if importlib.util.find_spec("torchao") is None:
-        for d in _torchao_dirs():
-            if (d / "torchao").is_dir():
-                sys.path.append(str(d))
-                break
-        else:
-            return f"torchao (needed by ExecuTorch's XNNPACK backend) is missing; {INSTALL}"
+    if importlib.util.find_spec("torchao") is None and not any(
+        (d / "torchao").is_dir() for d in _torchao_dirs()
+    ):
+        return f"torchao (needed by ExecuTorch's XNNPACK backend) is missing; {INSTALL}"
     return None
+
+
+def _use_executorch() -> None:
+    """Raise :class:`ExportError` if ExecuTorch is unusable; else make torchao importable."""
+    import importlib.util
+
+    why = executorch_available()
+    if why:
+        raise ExportError(why)
+    if importlib.util.find_spec("torchao") is None:
+        d = next(d for d in _torchao_dirs() if (d / "torchao").is_dir())
+        sys.path.append(str(d))
 
 
 class _Prefill(nn.Module):
@@ -74,9 +84,7 @@ class _Prefill(nn.Module):
 
 
 def _lower(model: nn.Module, ids: torch.Tensor, last: bool) -> bytes:
-    why = executorch_available()
-    if why:
-        raise ExportError(why)
+    _use_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -96,9 +104,7 @@ def _lower(model: nn.Module, ids: torch.Tensor, last: bool) -> bytes:
 
 def run_pte(path: str | Path, ids: torch.Tensor) -> torch.Tensor:
     """Run a ``.pte`` written by :func:`export` on ``ids`` in the ExecuTorch runtime."""
-    why = executorch_available()
-    if why:
-        raise ExportError(why)
+    _use_executorch()
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
@@ -151,9 +157,7 @@ def measure_pte(
     eager measurement), one exported program per length, ``threads`` XNNPACK threads."""
     from fmlab.core.experiment import timeit_interleaved
 
-    why = executorch_available()
-    if why:
-        raise ExportError(why)
+    _use_executorch()
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
