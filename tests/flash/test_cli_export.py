@@ -88,3 +88,20 @@ rep = export(m, sys.argv[2], seq_len=12)
 ids = torch.tensor([[int(x) for x in sys.argv[3].split(",")]])
 print(json.dumps({"report": rep, "logits": run_pte(sys.argv[2], ids)[0].tolist()}))
 """
+
+
+def test_cli_fit_reports_cv_and_names_bad_rows(tmp_path):
+    from .test_latency_search import _synthetic
+
+    archs, lat = _synthetic(16, 2)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"arch": a.to_dict(), "latency": m}) + "\n"
+                            for a, m in zip(archs, lat, strict=True)))  # fmt: skip
+    res = runner.invoke(app, ["flash", "fit", "--measurements", str(rows), "--out",
+                              str(tmp_path / "lm.json"), "--kind", "linear"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "prefill@128: R²" in res.output and (tmp_path / "lm.json").is_file()
+    rows.write_text(rows.read_text() + '{"arch": {"layers": [0]}}\n')
+    res = runner.invoke(app, ["flash", "fit", "--measurements", str(rows), "--out",
+                              str(tmp_path / "lm2.json")])  # fmt: skip
+    assert res.exit_code == 2 and "rows.jsonl:17" in res.output
