@@ -19,6 +19,12 @@ def test_quick_transfer_bench_writes_a_complete_record(tmp_path):
         "Θ'_base (updated base, no SFT)",
     }
     assert set(d["metrics"]["alpha_sweep"]) == {"0.0", "1.0"}
+    # on the harness: the SFT questions and the held-out ones checked disjoint, an interval
+    # (per question; one seed has no per-seed interval) behind each part of the claim
+    assert d["splits"]["disjoint"] and set(d["splits"]["splits"]) == {"sft", "test"}
+    assert len(d["intervals"]) == 4
+    assert all(iv["per_item"]["n"] > 0 for iv in d["intervals"].values())
+    assert "per_item_instruction" not in d["metrics"]
     for p in rec.plots:
         assert (tmp_path / p).read_bytes()[:4] == b"\x89PNG"
 
@@ -27,3 +33,17 @@ def test_quick_transfer_bench_writes_a_complete_record(tmp_path):
     again = run_transfer(tmp_path / "again", cfg, log=said.append, resume_dir=tmp_path / "resume")
     assert any("reusing" in s for s in said)
     assert again.metrics["instruction_acc"] == rec.metrics["instruction_acc"]
+
+
+def test_splits_hold_the_sft_questions_apart_from_the_test_ones():
+    from fmlab.param_delta.bench import make_splits
+
+    s = make_splits(0, (10, 11), 24, 0.6, "concise")
+    assert s["sft"] and s["test"] and not set(s["sft"]) & set(s["test"])
+
+
+def test_a_dev_seed_cannot_be_a_test_seed(tmp_path):
+    from fmlab.core.experiment import SplitError
+
+    with pytest.raises(SplitError, match="both dev and test"):
+        run_transfer(tmp_path, TransferConfig(seeds=(0,), dev_seeds=(0, 1, 2)))

@@ -256,7 +256,9 @@ def bench_cmd(
     quick: bool = typer.Option(
         False, help="one seed, tiny budgets (about a minute; claims nothing)"
     ),
-    seeds: int = typer.Option(3, help="number of seeds (full run)"),
+    seeds: int = typer.Option(
+        3, help="number of test seeds (full run): 10, 11, ...; seeds 0-2 are dev seeds"
+    ),
     resume_dir: Path = typer.Option(
         Path("runs/param_delta_bench"), help="finished seeds are kept here; a rerun skips them"
     ),
@@ -264,7 +266,7 @@ def bench_cmd(
     """Reproduce the transfer claim on tiny models trained here (ParamΔ vs oracle and baselines)."""
     from fmlab.param_delta.bench import TransferConfig, run_transfer
 
-    cfg = TransferConfig.quick() if quick else TransferConfig(seeds=tuple(range(seeds)))
+    cfg = TransferConfig.quick() if quick else TransferConfig(seeds=tuple(range(10, 10 + seeds)))
     out = bench_out("param_delta", out, quick)
     rec = run_transfer(out, cfg, resume_dir=resume_dir)
     m = rec.metrics
