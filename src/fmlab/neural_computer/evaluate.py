@@ -9,10 +9,15 @@ action-counterfactual sensitivity (swap the typed key, does the echo follow?); e
 rollout horizon in closed loop (the model's own frames fed back) next to copy-last-frame; and
 for the GUI, cursor accuracy (template matching of the sprite) and the counter read back after
 n clicks. Ground truth comes from ``truth.jsonl``; the model never saw it.
+
+A second, independent OCR (:class:`RapidReader`: rapidocr's bundled PP-OCR detector and
+recognizer on ONNX Runtime, the optional extra ``fmlab[ocr]``) reads a sample of generated
+terminal frames too, so that the text accuracy does not rest on our own glyph matcher alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 
 import numpy as np
@@ -23,8 +28,8 @@ from fmlab.neural_computer.render import CHARSET, get_atlas
 from fmlab.neural_computer.terminal import Episode
 from fmlab.neural_computer.train import episode_actions
 
-__all__ = ["detect_cursor", "evaluate_gui", "evaluate_terminal", "psnr", "rollout", "ssim",
-           "teacher_pass"]  # fmt: skip
+__all__ = ["RapidReader", "detect_cursor", "evaluate_gui", "evaluate_terminal", "psnr",
+           "rapidocr_missing", "rollout", "ssim", "teacher_pass", "text_accuracy"]  # fmt: skip
 
 _CHARS = set(CHARSET)
 
@@ -172,12 +177,116 @@ def _output_row(tr: dict, expect: str) -> int | None:
     return None
 
 
+# ---- a second, independent OCR: rapidocr --------------------------------------------------
+
+_OCR_FIX = "pip install 'fmlab[ocr]' (make setup installs it)"
+
+
+def rapidocr_missing() -> str | None:
+    """Why rapidocr cannot be used here (``None`` when it can)."""
+    try:
+        import onnxruntime  # noqa: F401
+        import rapidocr  # noqa: F401
+    except ImportError as e:
+        return f"rapidocr is not installed ({e}): {_OCR_FIX}"
+    return None
+
+
+class RapidReader:
+    """rapidocr (PP-OCR text detection + recognition on ONNX Runtime, with the models inside
+    its wheel: nothing is fetched at run time) as an OCR independent of the glyph atlas.
+
+    A frame is upscaled ``scale`` times (nearest neighbour) and read whole; each detected text
+    box goes to the grid row of its vertical centre and the boxes of a row are joined left to
+    right. Characters outside the terminal's alphabet (printable ASCII) are dropped from the
+    reading, as the terminal cannot show them (the cursor block is often read as one).
+    Readings are cached by the frame's bytes, so the real frames that every arm shares are
+    read once per process."""
+
+    def __init__(self, scale: int = 2, threads: int | None = None, cache_size: int = 50_000):
+        missing = rapidocr_missing()
+        if missing:
+            raise ImportError(missing)
+        from rapidocr import RapidOCR
+
+        self.scale = scale
+        self.engine = RapidOCR(params={
+            "Global.log_level": "warning",
+            "Global.use_cls": False,  # terminal text is never rotated
+            "Det.limit_side_len": 192,  # read the (upscaled) frame at its own size
+            "EngineConfig.onnxruntime.intra_op_num_threads": threads or torch.get_num_threads(),
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        })  # fmt: skip
+        self._cache: dict[bytes, list[str]] = {}
+        self._cache_size = cache_size
+
+    def read(self, frame: np.ndarray, rows: int, cols: int, cell_h: int = 12) -> list[str]:
+        """The text of each of ``rows`` grid rows of a uint8 terminal frame (spaces between
+        boxes; a row's spacing is not meaningful, see :func:`text_accuracy`)."""
+        f = np.ascontiguousarray(frame, dtype=np.uint8)
+        key = hashlib.sha1(f.tobytes() + f"{f.shape}{rows}".encode()).digest()
+        if key in self._cache:
+            return self._cache[key]
+        big = np.kron(f, np.ones((self.scale, self.scale), dtype=np.uint8))
+        out = self.engine(np.stack([big] * 3, -1), use_cls=False)
+        parts: list[list[tuple[float, str]]] = [[] for _ in range(rows)]
+        if out.boxes is not None:
+            for box, txt in zip(out.boxes, out.txts, strict=True):
+                r = int(np.mean(box[:, 1]) // (cell_h * self.scale))
+                if 0 <= r < rows:
+                    parts[r].append((float(np.min(box[:, 0])), txt))
+        lines = [" ".join("".join(c for c in t if c in _CHARS) for _, t in sorted(p))
+                 for p in parts]  # fmt: skip
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[key] = lines
+        return lines
+
+
+def _levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def text_accuracy(lines: list[str], truth: list[str]) -> tuple[int, int, int, int]:
+    """Score a row-wise reading that does not keep the grid (a free OCR) against the truth:
+    whitespace is removed from both (OCR spacing is unreliable; the glyph matcher does not
+    score blank cells either), then per row with text in either, (max length − edit
+    distance) matched characters out of the max length, and exact rows.
+    Returns (matched chars, scored chars, exact rows, scored rows)."""
+    mc = nc = ml = nl = 0
+    for a, b in zip(lines, truth, strict=False):
+        a, b = "".join(a.split()), "".join(b.split())
+        if a or b:
+            n = max(len(a), len(b))
+            mc += n - _levenshtein(a, b)
+            nc += n
+            ml += a == b
+            nl += 1
+    return mc, nc, ml, nl
+
+
+_READER: list[RapidReader] = []
+
+
+def _rapid_reader() -> RapidReader:
+    if not _READER:
+        _READER.append(RapidReader())
+    return _READER[0]
+
+
 def evaluate_terminal(
     model: NCModel,
     episodes: list[Episode],
     horizons: tuple[int, ...] = (1, 2, 4, 8, 16),
     stride: int = 8,
     ssim_frames: int = 24,
+    rapidocr_frames: int | None = None,
 ) -> dict:
     """Every terminal metric on ``episodes`` for ``model`` and for copy-last-frame.
 
@@ -186,7 +295,18 @@ def evaluate_terminal(
     probe accuracies ``arith_acc_with_answer``, ``arith_acc_without_answer``, ``reuse_acc``,
     ``update_acc``, ``update_leak``; SSIM on ``ssim_frames`` evenly spaced frames per episode),
     closed-loop curves ``horizon_char_acc`` /
-    ``horizon_copy_char_acc`` (lists over ``horizons``) and ``per_episode_char_acc``."""
+    ``horizon_copy_char_acc`` (lists over ``horizons``) and ``per_episode_char_acc``.
+
+    The second OCR (rapidocr, :class:`RapidReader`) reads ``rapidocr_frames`` evenly spaced
+    one-step frames per episode (``None``: 8 when rapidocr is installed, else 0): the model's
+    (``rapidocr_char_acc``, ``rapidocr_line_acc``), copy-last-frame's (``copy_rapidocr_*``) and
+    the real target frames (``real_rapidocr_*``: that OCR's own ceiling on clean frames), scored
+    by :func:`text_accuracy`; ``rapidocr_frames`` counts the frames read."""
+    if rapidocr_frames is None:
+        rapidocr_frames = 0 if rapidocr_missing() else 8
+    reader = _rapid_reader() if rapidocr_frames > 0 else None
+    ocr2 = np.zeros((3, 4), dtype=np.int64)  # (model | copy | real, text_accuracy counts)
+    per_ep_ocr2 = []
     atlas = get_atlas()
     tally, copy_tally = _TextTally(), _TextTally()
     echo = [0, 0]
@@ -214,6 +334,17 @@ def evaluate_terminal(
         )
         sub = np.linspace(0, len(preds) - 1, min(len(preds), ssim_frames)).round().astype(int)
         ssims.append(ssim(preds[sub], ep.frames[1:][sub]))
+        if reader is not None:  # the independent OCR on a sample of one-step frames
+            ep_o = np.zeros(4, dtype=np.int64)
+            for t in np.linspace(0, len(preds) - 1, min(len(preds), rapidocr_frames)).round():
+                t = int(t)
+                tr = _truth_lines(ep.truth[t + 1], rows, cols)
+                for i, f in enumerate((preds[t], ep.frames[t], ep.frames[t + 1])):
+                    got = text_accuracy(reader.read(f, rows, cols, atlas.cell_h), tr)
+                    ocr2[i] += got
+                    if i == 0:
+                        ep_o += got
+            per_ep_ocr2.append(float(ep_o[0] / max(ep_o[1], 1)))
         # echo of typed characters, and the counterfactual key
         events = []
         for t, a in enumerate(ep.actions[:-1]):
@@ -275,6 +406,13 @@ def evaluate_terminal(
         cf_follow=cf_follow[0] / max(cf_follow[1], 1),
         cf_pixel_change=float(np.mean(cf_change)) if cf_change else 0.0,
     )  # fmt: skip
+    if reader is not None:
+        for i, prefix in enumerate(("", "copy_", "real_")):
+            mc, nc, ml, nl = ocr2[i]
+            res[f"{prefix}rapidocr_char_acc"] = float(mc / max(nc, 1))
+            res[f"{prefix}rapidocr_line_acc"] = float(ml / max(nl, 1))
+        res["rapidocr_frames"] = sum(min(len(e.frames) - 1, rapidocr_frames) for e in episodes)
+        res["per_episode_rapidocr_char_acc"] = per_ep_ocr2
     for k, v in probes.items():
         res[k] = float(np.mean(v))
         res[f"{k}_n"] = len(v)
