@@ -268,11 +268,12 @@ def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
     ours = f"rdd/{head}"
     intervals = [
         compare(runs, ours, f"{base}/{enc_b}", f"{sp}/{m}", items=f"{sp}/per_demo_{m}",
-                headline=sp == "standard" and base == "uvd")
+                headline=sp == "standard")
         for sp in cfg.splits for base, enc_b in (("uvd", head), ("uniform", head))
         for m in ("miou", "boundary_f1")
     ] + [  # the ablation: does the oracle K close RDD's gap to uniform cutting?
-        compare(runs, f"rdd-k/{head}", f"uniform/{head}", f"{sp}/{m}", items=f"{sp}/per_demo_{m}")
+        compare(runs, f"rdd-k/{head}", f"uniform/{head}", f"{sp}/{m}", items=f"{sp}/per_demo_{m}",
+                headline=False)
         for sp in cfg.splits for m in ("miou", "boundary_f1")
     ]  # fmt: skip
     std = {a: {m: summary[a][f"standard/{m}"] for m in METRICS} for a in arms}
