@@ -43,9 +43,10 @@ from fmlab.core.data import load_corpus, pack_documents, split_documents
 from fmlab.core.evaluate import lm_loss
 from fmlab.core.experiment import Splits, format_delta, paired, record_fields, run_arms, tune
 from fmlab.core.io import Memo
-from fmlab.core.results import ResultRecord, figure, save_figure, write_record
+from fmlab.core.results import ResultRecord, write_record
 from fmlab.flash.arch import BackboneShape, FlashArch
 from fmlab.flash.latency import LatencyModel, measure_many, targets
+from fmlab.flash.plots import fit_plot, pareto_plot
 from fmlab.flash.prune import Importance, calibration_ids, importance, prune, rank_attention
 from fmlab.flash.recover import recover
 from fmlab.flash.search import SearchSpace, hypervolume_2d, pareto_front, search
@@ -210,8 +211,9 @@ def _closest(options: list[FlashArch], lm: LatencyModel, ref: dict, goal: float)
     return min(options, key=lambda a: abs(_rel(lm.predict(a), ref) - goal))
 
 
-def _baselines(shape, imp, lm, ref, goal: float) -> dict[str, FlashArch]:
-    """Depth-only and uniform-width archs whose predicted latency is closest to ``goal``."""
+def _families(shape, imp) -> dict[str, list[FlashArch]]:
+    """The baseline families: depth-only (top-n layers by block importance, full width) and
+    uniform width (all layers, one FFN width and one KV count)."""
     from fmlab.flash.prune import rank_layers
 
     depth = [FlashArch(rank_layers(imp, n), shape.intermediate_size, shape.num_kv_heads)
@@ -219,7 +221,25 @@ def _baselines(shape, imp, lm, ref, goal: float) -> dict[str, FlashArch]:
     widths = range(16, shape.intermediate_size + 1, 16)
     width = [FlashArch(list(range(shape.num_layers)), w, k) for w in widths
              for k in range(1, shape.num_kv_heads + 1)]  # fmt: skip
-    return {"depth": _closest(depth, lm, ref, goal), "width": _closest(width, lm, ref, goal)}
+    return {"depth": depth, "width": width}
+
+
+def _matched(options, lm, ref, goal: float, measure_rel, rounds: int = 3, tol: float = 0.03):
+    """The option whose MEASURED relative latency is closest to ``goal``: pick by prediction,
+    measure, correct the prediction by the measured/predicted ratio at that point, repeat
+    (at most ``rounds`` measurements). Returns ``(arch, measured relative latency, tries)``."""
+    target, tries = goal, []
+    for _ in range(rounds):
+        a = _closest(options, lm, ref, target)
+        if any(a == t[0] for t in tries):
+            break
+        m = measure_rel(a)
+        tries.append((a, m))
+        if abs(m / goal - 1) <= tol:
+            break
+        target *= goal / m  # the model is off by m/pred here: aim where it lands on goal
+    a, m = min(tries, key=lambda t: abs(t[1] / goal - 1))
+    return a, m, [{"arch": t[0].to_dict(), "measured_rel": t[1]} for t in tries]
 
 
 def _picks(res, goals) -> list[FlashArch]:
@@ -240,26 +260,9 @@ def _skip_arch(shape, imp, k: int) -> FlashArch:
                      ["skip" if i in skip else "full" for i in layers])  # fmt: skip
 
 
-def _plots(out: Path, res, measured_front, lm_eval, target) -> list[str]:
-    plt = figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([t["latency"] for t in res.trials], [t["ppl"] for t in res.trials], s=10,
-               alpha=0.4, label="trials (predicted latency)")  # fmt: skip
-    f = [res.trials[i] for i in res.pareto]
-    ax.plot([t["latency"] for t in f], [t["ppl"] for t in f], "o-", label="predicted front")
-    ax.plot([m[0] for m in measured_front], [m[1] for m in measured_front], "s--",
-            label="same archs, measured latency")  # fmt: skip
-    ax.set(xlabel="latency / backbone", ylabel="calibration perplexity (inherited)", yscale="log")
-    ax.legend(fontsize=8)
-    save_figure(fig, plt, out / "pareto.png")
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    y, p = lm_eval[target]["measured"], lm_eval[target]["predicted"]
-    ax.scatter(y, p, s=12)
-    lo, hi = min(y + p), max(y + p)
-    ax.plot([lo, hi], [lo, hi], "k:", lw=1)
-    ax.set(xlabel=f"measured {target} (s)", ylabel="predicted (s)",
-           title=f"held-out candidates, R² {lm_eval[target]['r2']:.3f}")  # fmt: skip
-    save_figure(fig, plt, out / "latency_fit.png")
+def _plots(out: Path, res, measured_front, held: dict) -> list[str]:
+    pareto_plot(out / "pareto.png", res.trials, res.pareto, measured_front)
+    fit_plot(out / "latency_fit.png", held, "held-out candidates")
     return ["pareto.png", "latency_fit.png"]
 
 
@@ -278,7 +281,7 @@ def _recover_eval(backbone, imp, blocks, settings, seed, cfg, out, tokens) -> An
     tag = f"{FlashArch.from_dict(settings['arch']).to_json()}:{settings['lr']}:{seed}:{tokens}"
     import hashlib
 
-    d = out / ".recover" / hashlib.sha256(tag.encode()).hexdigest()[:16]
+    d = out / ".memo" / "recover" / hashlib.sha256(tag.encode()).hexdigest()[:16]
     res = recover(m, backbone, blocks, tokens, d if cfg.checkpoints else None,
                   batch_size=cfg.batch_size, lr=settings["lr"],
                   seed=seed, progress=False)  # fmt: skip
@@ -349,7 +352,23 @@ def run(out_dir: str | Path, cfg: BenchConfig | None = None, command: str = "fml
     pick_meas = [
         _measure({"c": prune(backbone, a, scores=imp)}, cfg)["latency"]["c"] for a in picks
     ]
-    baselines = [_baselines(shape, imp, lm, ref, _rel(m, ref)) for m in pick_meas]
+    fams = _families(shape, imp)
+
+    def measure_rel(a):
+        key = f"baseline:{a.to_json()}"
+        return memo.get_or_compute(key, lambda: _rel(_measure({"c": prune(backbone, a,
+                                   scores=imp)}, cfg)["latency"]["c"], ref))  # fmt: skip
+
+    baselines, matching = [], []
+    for k, m in enumerate(pick_meas):
+        goal = _rel(m, ref)
+        chosen_k = {}
+        for fam, options in fams.items():
+            a, got, tries = _matched(options, lm, ref, goal, measure_rel)
+            chosen_k[fam] = a
+            matching.append({"pick": k, "family": fam, "pick_rel": goal, "baseline_rel": got,
+                             "tries": tries})  # fmt: skip
+        baselines.append(chosen_k)
     arms = _recovery_arms(picks, baselines)
 
     # 6: recovery; lr per arm family on val at the dev seed, then the sealed test at test seeds
@@ -381,7 +400,8 @@ def run(out_dir: str | Path, cfg: BenchConfig | None = None, command: str = "fml
                     key={"cfg": asdict(cfg), "arms": chosen}))  # fmt: skip
     base_nll = _per_block_nll(backbone, test_blocks)
     return _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gbr, held,
-                   res, measured_front, picks, baselines, chosen, runs, tuning, base_nll, memo)  # fmt: skip
+                   res, measured_front, picks, baselines, chosen, runs, tuning, base_nll, memo,
+                   matching)  # fmt: skip
 
 
 def _speed(backbone, imp, shape, chosen, cfg, memo) -> dict:
@@ -409,7 +429,8 @@ def _export(backbone, imp, pick, cfg, out) -> dict:
 
     try:
         m = prune(backbone, pick, scores=imp)
-        rep = export(m, out / "pick0.pte", seq_len=cfg.prefill_lengths[0])
+        # weights are not committed: the .pte stays in the (git-ignored) work folder
+        rep = export(m, out / ".memo" / "export" / "pick0.pte", seq_len=cfg.prefill_lengths[0])
         rep["prefill_s"] = {
             "pick0": measure_pte(m, cfg.prefill_lengths, threads=cfg.threads, repeats=cfg.repeats),
             "backbone": measure_pte(
@@ -423,7 +444,7 @@ def _export(backbone, imp, pick, cfg, out) -> dict:
 
 
 def _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gbr, held, res,
-            measured_front, picks, baselines, chosen, runs, tuning, base_nll, memo):  # fmt: skip
+            measured_front, picks, baselines, chosen, runs, tuning, base_nll, memo, matching):  # fmt: skip
     speed = _speed(backbone, imp, shape, chosen, cfg, memo)
     eager = speed["eager"]
     tgt = targets(cfg.prefill_lengths, cfg.decode_contexts)
@@ -440,9 +461,9 @@ def _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gb
                        items_b=[runs.values[f"{b}{k}"][sd]["per_block_nll"] for sd in cfg.seeds],
                        names=(f"pick{k}", f"{b}{k}"), metric=f"nll_pick{k}_vs_{b}")  # fmt: skip
             intervals.append(p)
-            lat_ratio = eager["latency"][f"pick{k}"][tgt[0]] / eager["latency"][f"{b}{k}"][tgt[0]]
-            notes.append(f"pick{k} − {b}{k} test NLL: {format_delta(p)}; measured {tgt[0]} "
-                         f"latency ratio pick/baseline {lat_ratio:.3f}")  # fmt: skip
+            lat_ratio = _rel(eager["latency"][f"pick{k}"], eager["latency"][f"{b}{k}"])
+            notes.append(f"pick{k} − {b}{k} test NLL: {format_delta(p)}; measured latency "
+                         f"pick/baseline (mean over targets) {lat_ratio:.3f}")  # fmt: skip
         for t in tgt:
             pt = paired(items_a=timing[t]["arms"]["backbone"]["seconds"],
                         items_b=timing[t]["arms"][f"pick{k}"]["seconds"],
@@ -450,7 +471,7 @@ def _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gb
                         headline=False)  # fmt: skip
             intervals.append(pt)
     export_rep = _export(backbone, imp, picks[0], cfg, out)
-    plots = _plots(out, res, measured_front, held, tgt[0])
+    plots = _plots(out, res, measured_front, held)
     base_ppl = math.exp(sum(base_nll) / len(base_nll))
     skip_lat = {k: v[f"decode@{cfg.long_context}"] for k, v in speed["skip"]["latency"].items()}
     notes += [
@@ -492,6 +513,7 @@ def _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gb
         },
         "export": export_rep,
         "lr_chosen": {a: v["lr"] for a, v in tuning.chosen.items()},
+        "baseline_matching": matching,
     }
     t_pre = next(t for t in tgt if t.startswith("prefill"))
     t_dec = next((t for t in tgt if t.startswith("decode")), None)

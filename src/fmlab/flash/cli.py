@@ -186,10 +186,13 @@ def fit_cmd(
     except (ValueError, OSError) as e:
         fail(str(e))
     atomic_write_json(out, {**lm.to_dict(), "cv": cv})
+    from fmlab.flash.plots import fit_plot
+
+    fit_plot(out.with_suffix(".png"), cv, f"{kind}, out-of-fold")
     for t, r in cv.items():
         typer.echo(f"{t}: R² {r['r2']:.3f}  MAPE {r['mape']:.1%}  (FLOPs: Spearman "
                    f"{r['flops_spearman']:.3f}; params: {r['params_spearman']:.3f})")  # fmt: skip
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 @app.command("search")
@@ -233,11 +236,14 @@ def search_cmd(
                  space=SearchSpace(min_layers=min_layers), trials=trials, population=population,
                  seed=seed, log=log)  # fmt: skip
     atomic_write_json(out, res.to_dict())
+    from fmlab.flash.plots import pareto_plot
+
+    pareto_plot(out.with_suffix(".png"), res.trials, res.pareto)
     for i in res.pareto:
         t = res.trials[i]
         typer.echo(f"latency {t['latency']:.3f}  ppl {t['ppl']:.2f}  "
                    f"{FlashArch.from_dict(t['arch']).describe()}")  # fmt: skip
-    typer.echo(f"hypervolume {res.hypervolume:.4f}; wrote {out}")
+    typer.echo(f"hypervolume {res.hypervolume:.4f}; wrote {out} and {out.with_suffix('.png')}")
 
 
 @app.command("recover")

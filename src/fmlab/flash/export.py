@@ -91,10 +91,14 @@ def _lower(model: nn.Module, ids: torch.Tensor, last: bool) -> bytes:
     model = model.eval()
     old = model.config._attn_implementation
     model.config._attn_implementation = "sdpa"
+    import warnings
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pytree deprecations, once per node
             ep = torch.export.export(_Prefill(model, last), (ids,), strict=False)
-        prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+            prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            prog = prog.to_executorch()
     except Exception as e:  # a tracing or lowering failure names the op; keep its message
         raise ExportError(f"export to ExecuTorch failed: {type(e).__name__}: {e}") from e
     finally:

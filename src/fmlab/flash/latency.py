@@ -198,7 +198,9 @@ def measure(
         from fmlab.flash.export import measure_pte
 
         if decode_contexts:
-            raise ValueError("runtime='executorch' measures prefill only: pass decode_contexts=()")
+            raise ValueError(
+                "runtime='executorch' measures prefill only: pass no decode contexts (decode_contexts=(), or --decode '')"
+            )
         return measure_pte(model, prefill_lengths, **kw)
     raise ValueError(f"unknown runtime {runtime!r}; choose one of: eager, executorch")
 
@@ -327,6 +329,8 @@ class LatencyModel:
                 "flops_spearman": float(spearmanr(flops[:, 0], y).statistic),
                 "params_spearman": float(spearmanr(params, y).statistic),
                 "n": len(y),
+                "measured": y.tolist(),
+                "predicted": p.tolist(),  # out of fold
             }
         return out
 
