@@ -144,3 +144,17 @@ def test_flash_config_from_backbone(backbone):
     cfg = flash_config(backbone.config, NONUNIFORM)
     assert cfg.num_hidden_layers == 3 and cfg.flash_layers == [0, 1, 3]
     assert cfg.intermediate_size == 176  # the backbone's (defines the width bound)
+
+
+def test_prune_from_texts_and_refuses_a_pruned_model(backbone):
+    from fmlab.core.models import train_char_tokenizer
+
+    texts = ["the quick brown fox jumps over the lazy dog " * 20]
+    tok = train_char_tokenizer(texts)
+    p = prune(backbone, FlashArch([0, 2], 64, 1), texts, tokenizer=tok)
+    with torch.no_grad():
+        assert p(torch.zeros(1, 5, dtype=torch.long)).logits.shape == (1, 5, V)
+    with pytest.raises(ValueError, match="need a tokenizer"):
+        prune(backbone, FlashArch([0], 64, 1), texts)
+    with pytest.raises(ValueError, match="already pruned"):
+        prune(p, FlashArch([0], 64, 1), texts, tokenizer=tok)

@@ -202,7 +202,8 @@ def prune(
     """A :class:`FlashForCausalLM` of shape ``arch`` whose weights are slices of ``model``'s.
 
     Args:
-        model: a Llama-style backbone (``LlamaForCausalLM`` or a uniform Flash model).
+        model: a Llama-style backbone: a ``LlamaForCausalLM`` (or a ``FlashForCausalLM`` of
+            the uniform arch); a non-uniform Flash model is pruned from its own backbone.
         arch: kept layers (backbone indices), widths, KV heads and attention modes; validated
             against ``model`` before anything is computed.
         calib: ``(N, T)`` token ids or calibration texts (with ``tokenizer``) for the
@@ -210,6 +211,9 @@ def prune(
         scores: precomputed :func:`importance` (reused across many candidates by the search).
     """
     shape = BackboneShape.of(model.config)
+    if isinstance(model, FlashForCausalLM) and not model.arch.is_uniform(shape):
+        raise ValueError("prune takes a backbone with every layer whole; this FlashForCausalLM "
+                         f"is already pruned ({model.arch.describe()}): prune its backbone")  # fmt: skip
     cfg = flash_config(model.config, arch)  # validates
     if scores is None:
         if calib is None:
