@@ -25,6 +25,16 @@ def test_eval_rejects_bad_input(args, msg):
     assert msg in res.output
 
 
+def test_a_model_folder_without_a_tokenizer_says_so(tmp_path):
+    from fmlab.core.models import build_model
+
+    build_model("llama-tiny", 64, seed=0).save_pretrained(tmp_path / "m")
+    res = runner.invoke(
+        app, ["rsparse", "eval", "--model", str(tmp_path / "m"), "--method", "teal-uniform"]
+    )
+    assert res.exit_code == 2 and "has no tokenizer" in res.output
+
+
 def test_search_refuses_to_overwrite(tmp_path):
     out = tmp_path / "r.json"
     out.write_text("{}")
@@ -81,3 +91,18 @@ def test_search_save_and_eval_round_trip_on_a_local_model(tmp_path, bpe_tokenize
     assert outs["saved"]["ppl"] == pytest.approx(outs["recipe"]["ppl"], rel=1e-4)
     res = runner.invoke(app, ["rsparse", "eval", "--model", str(model_dir), "--text", str(text)])
     assert res.exit_code != 0 and "no shipped recipe" in res.output
+    # every method of the record is reachable; a calibration text can be chosen, and one that
+    # is too short for the calibration windows is named
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(f"word{i} sea ship harbour" for i in range(2000)))
+    for method in ("teal-uniform", "cats"):
+        args = ["rsparse", "eval", "--model", str(model_dir), "--method", method,
+                "--sparsity", "0.3", "--text", str(text), "--calib-text", str(calib)]  # fmt: skip
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, (method, res.output)
+        assert json.loads(res.stdout.strip().splitlines()[-1])["ppl"] > 1
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    res = runner.invoke(app, ["rsparse", "eval", "--model", str(model_dir), "--method",
+                              "teal-uniform", "--calib-text", str(short)])  # fmt: skip
+    assert res.exit_code == 2 and str(short) in res.output and "fewer than" in res.output

@@ -94,7 +94,7 @@ def test_bf16_layer_uses_the_kernel_and_matches_the_torch_path():
 
 
 def _cache_kw(model, out):
-    from fmlab.rsparse.bench import cache_kwarg
+    from fmlab.rsparse.speed import cache_kwarg
 
     return {cache_kwarg(model): out.past_key_values}
 
@@ -131,8 +131,10 @@ def test_prefill_takes_the_dense_fallback_and_decode_the_kernel():
     kernel.reset_counters()
     model(input_ids=torch.randint(0, 64, (3, 1)))
     c = kernel.counters()
-    assert c["channels_kept"] == c["channels_seen"] == 3 * sum(
-        m.in_features for m in rsparse_modules(model).values()
+    assert (
+        c["channels_kept"]
+        == c["channels_seen"]
+        == 3 * sum(m.in_features for m in rsparse_modules(model).values())
     )
 
 

@@ -1,56 +1,58 @@
-"""R-Sparse reproduction on the bundled SmolLM2-135M-Instruct.
+"""`fmlab rsparse bench`: quality judged on text that neither search nor selection saw
+(``quality.json``), and speed (``speed.json``, :mod:`fmlab.rsparse.speed`).
 
-Quality (``quality.json``): perplexity on a held-out document split vs model-level sparsity
-for dense, TEAL-style (magnitude |x|, block-wise greedy per-projection sparsities), CATS-style
-(gate thresholding), R-Sparse with the best uniform α and R-Sparse searched (evolutionary), each
-under both protocols (``all`` tokens sparse; ``tail``: the official code's last 10%).
-Thresholds come from a disjoint calibration split; search fitness from a third slice of it.
-Greedy behaviour probes at 0% and 50%.
+Splits (:mod:`fmlab.rsparse.data`, content-hash disjoint, test sealed): thresholds, TEAL's
+greedy inputs and the evolutionary search's fitness come from ``calib``; every choice (uniform
+α, which of the search's finalists) is made on ``val`` through ``core.experiment.tune`` with the
+same budget for every tuned arm; then the test split is opened once and every arm, at every
+sparsity and under both protocols, is scored on it (``run_arms``, resumable), with per-window
+bootstrap intervals of the differences. Arms (:data:`ARMS`): dense, TEAL-greedy, TEAL-uniform,
+R-Sparse uniform α = 1, R-Sparse uniform α (tuned), R-Sparse searched, CATS.
 
-Speed (``speed.json``): batch-1 decode tokens/s with the KV cache (median of repeats, 2 torch
-threads, the decode kernel on one thread) and prefill tokens/s, dense vs 50% R-Sparse vs 50%
-TEAL-style, beside the analytic bytes of weights read per token.
-
-Long runs print progress and resume: finished evaluations and searched recipes are kept in
-``<out>/.rsparse-bench.partial.json`` and reused by the next run with the same settings.
+The recipes the bench chooses go to ``<out>/recipes/`` (never into the package); the record
+says, per sparsity, which recipe did best on test, for whoever decides what ships.
 """
 
 from __future__ import annotations
 
-import statistics
-import sys
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from fmlab.core.cliutil import log as _log
+from fmlab.core.experiment import compare, format_delta, record_fields, run_arms, tune
 from fmlab.core.io import Memo
-from fmlab.core.results import (
-    ResultRecord,
-    Timer,
-    bar_plot,
-    figure,
-    peak_rss_mb,
-    save_figure,
-    write_record,
-)
+from fmlab.core.results import ResultRecord, Timer, figure, peak_rss_mb, save_figure, write_record
 from fmlab.rsparse.cats import calibrate_cats, cats_sparsify, set_cats_protocol
+from fmlab.rsparse.data import load_model, text_splits
 from fmlab.rsparse.recipe import (
     Recipe,
-    evolutionary_search,
-    model_sparsity,
+    check_budget,
+    evolve,
     module_params,
     realised_sparsity,
-    recipe_loss,
     teal_greedy,
     uniform,
 )
-from fmlab.rsparse.sparse import PROTOCOLS, calibrate, rsparse_modules, set_protocol, sparsify
+from fmlab.rsparse.sparse import calibrate, set_protocol, sparsify
 
-__all__ = ["QualityConfig", "quick", "run_quality", "run_speed", "shipped_recipe"]
+__all__ = ["ARMS", "QualityConfig", "mean_nll", "quick", "run_quality", "window_nlls"]
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+# arm -> (scores weighted by ‖W_j‖?, what is tuned on val); one registry for the whole bench
+ARMS = {
+    "dense": (None, "nothing"),
+    "teal-greedy": (False, "nothing (TEAL's greedy allocation on calib)"),
+    "teal-uniform": (False, "nothing (uniform s, α = 1)"),
+    "rsparse-uniform-a1": (True, "nothing (uniform s, α = 1)"),
+    "rsparse-uniform": (True, "alpha"),
+    "rsparse": (True, "which finalist of the evolutionary search"),
+    "cats": (None, "nothing (gate threshold)"),
+}
+PROTOCOLS = ("all", "tail")
 PROBES = [
     "What is the capital of France?",
     "Name three colours of the rainbow.",
@@ -63,534 +65,365 @@ PROBES = [
 class QualityConfig:
     model: str = "smollm2-135m-instruct"
     sparsities: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
-    calib_windows: int = 4  # × 512 tokens for thresholds (and the greedy's block inputs)
-    search_tokens: int = 512  # fitness text for the searches, after the calibration tokens
-    greedy_tokens: int = 256  # block inputs for TEAL's greedy (first calibration tokens)
-    greedy_step: float = 0.025  # block-level sparsity step of the greedy
+    calib_windows: int = 4  # × 512 tokens of 'calib' for thresholds
+    search_tokens: int = 512  # search fitness: the 'calib' tokens after the windows
+    greedy_tokens: int = 256  # TEAL's greedy block inputs (first calibration tokens)
+    greedy_step: float = 0.025
+    val_tokens: int = 2048
     test_tokens: int = 4096
     window: int = 512
     stride: int = 256
-    uniform_alphas: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8)
+    uniform_alphas: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8)  # its size is the tuning budget
     population: int = 8
     generations: int = 12
     seed: int = 0
     probes: bool = True
+    measure_eval_rss: bool = True
+    calib_text: str | None = None
 
     @classmethod
     def quick(cls) -> QualityConfig:
-        return cls(
-            sparsities=(0.5,),
-            calib_windows=1,
-            search_tokens=128,
-            greedy_tokens=64,
-            greedy_step=0.1,
-            test_tokens=512,
-            uniform_alphas=(1.0, 0.9),
-            population=3,
-            generations=1,
-            probes=False,
+        return cls(sparsities=(0.5,), calib_windows=1, search_tokens=128, greedy_tokens=64,
+                   greedy_step=0.1, val_tokens=256, test_tokens=512, uniform_alphas=(1.0, 0.9),
+                   population=3, generations=1, probes=False, measure_eval_rss=False)  # fmt: skip
+
+
+@torch.no_grad()
+def window_nlls(
+    model, ids: torch.Tensor, window: int = 512, stride: int = 256, progress=None
+) -> list[tuple[float, int]]:
+    """(mean NLL, tokens) of each strided window's newly scored tokens: every token after the
+    first is scored once, as in ``core.evaluate.perplexity``. The windows are the bootstrap's
+    items; ``progress`` gets a line per window."""
+    ids = ids.reshape(-1)
+    begins = range(0, ids.numel() - 1, stride)
+    out, prev_end, t0 = [], 1, time.perf_counter()
+    for i, begin in enumerate(begins):
+        end = min(begin + window, ids.numel())
+        x = ids[begin:end][None]
+        logits = model(input_ids=x).logits[0, :-1].float()
+        first = max(prev_end, begin + 1) - (begin + 1)
+        out.append(
+            (float(F.cross_entropy(logits[first:], x[0, 1 + first :])), end - begin - 1 - first)
         )
+        prev_end = end
+        if progress:
+            progress(f"window {i + 1}/{len(begins)} ({time.perf_counter() - t0:.0f} s)")
+        if end == ids.numel():
+            break
+    return out
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def mean_nll(per: list[tuple[float, int]]) -> float:
+    return sum(n * c for n, c in per) / sum(c for _, c in per)
 
 
-def splits(tok, cfg: QualityConfig) -> dict[str, torch.Tensor]:
-    """Token ids: calibration windows, search text (same split, later tokens), test text."""
-    from fmlab.core.data.corpora import prose_documents, split_documents
+def _nll(model, ids, cfg) -> float:
+    return mean_nll(window_nlls(model, ids, cfg.window, cfg.stride))
 
-    parts = split_documents(prose_documents(), (0.8, 0.1, 0.1), ("rest", "calib", "test"))
-    calib = tok("\n\n".join(d.text for d in parts["calib"]))["input_ids"]
-    test = tok("\n\n".join(d.text for d in parts["test"]))["input_ids"]
-    n_cal = cfg.calib_windows * 512
-    if len(calib) < n_cal + cfg.search_tokens + 1 or len(test) < cfg.test_tokens:
-        raise ValueError("the prose corpus is too small for these calibration/search/test sizes")
+
+class _Models:
+    """The two sparsified models (|x| and |x|·‖W_j‖ scores), calibrated once, reconfigured per
+    arm; recipes per (arm, sparsity) on the search side."""
+
+    def __init__(self, cfg: QualityConfig, ts, memo: Memo, log):
+        self.cfg, self.ts, self.memo, self.log = cfg, ts, memo, log
+        calib = list(ts.calib_windows(cfg.calib_windows)[:, None])
+        self.calib = calib
+        self.teal, self.tok = load_model(cfg.model)
+        sparsify(self.teal, 0.0, 1.0, weighted=False)
+        calibrate(self.teal, calib, progress=log)
+        self.rs, _ = load_model(cfg.model)
+        sparsify(self.rs, 0.0, 1.0, weighted=True, keep_svd=True)
+        calibrate(self.rs, calib, progress=log)
+        self.dense, _ = load_model(cfg.model)
+        self.greedy = self._greedy()
+        self.finalists: dict[float, list[dict]] = {}
+        self.history: dict[str, list] = {}
+
+    def _greedy(self) -> dict[float, dict]:
+        got = self.memo.get("recipes|teal-greedy")
+        if got is None:
+            with Timer() as t:
+                path = teal_greedy(self.teal, self.calib[0][:, : self.cfg.greedy_tokens],
+                                   list(self.cfg.sparsities), self.cfg.greedy_step,
+                                   progress=self.log)  # fmt: skip
+            got = self.memo.put("recipes|teal-greedy", {f"{s:g}": r for s, r in path.items()})
+            self.memo.put("seconds|teal-greedy", t.s)
+        return {float(k): {n: tuple(v) for n, v in r.items()} for k, r in got.items()}
+
+    def search(self, s: float) -> list[dict]:
+        """The final population of the evolutionary search at ``s`` (best on calib first)."""
+        if s in self.finalists:
+            return self.finalists[s]
+        key = f"recipes|rsparse|{s:g}"
+        got = self.memo.get(key)
+        if got is None:
+            init = [{n: (v[0], 1.0) for n, v in self.greedy[s].items()},
+                    uniform(self.rs, s, 1.0), uniform(self.rs, s, min(self.cfg.uniform_alphas))]  # fmt: skip
+            with Timer() as t:
+                ranked, hist = evolve(self.rs, self.ts.search_text(self.cfg.calib_windows,
+                                      self.cfg.search_tokens), s, init, self.cfg.population,
+                                      self.cfg.generations, seed=self.cfg.seed,
+                                      progress=self.log)  # fmt: skip
+            got = self.memo.put(key, {"ranked": [[loss, r] for loss, r in ranked],
+                                      "history": hist, "seconds": t.s})  # fmt: skip
+        self.history[f"{s:g}"] = got["history"]
+        self.finalists[s] = [{n: tuple(v) for n, v in r.items()} for _, r in got["ranked"]]
+        return self.finalists[s]
+
+    def recipe(self, arm: str, s: float, params: dict) -> tuple[object, dict | None]:
+        """(model, recipe) for an arm at sparsity ``s`` with its tuned ``params``."""
+        if arm == "teal-greedy":
+            return self.teal, self.greedy[s]
+        if arm == "teal-uniform":
+            return self.teal, uniform(self.teal, s, 1.0)
+        if arm == "rsparse-uniform-a1":
+            return self.rs, uniform(self.rs, s, 1.0)
+        if arm == "rsparse-uniform":
+            return self.rs, uniform(self.rs, s, float(params["alpha"]))
+        if arm == "rsparse":
+            i = int(params["candidate"].removeprefix("f"))
+            return self.rs, self.search(s)[i]
+        raise KeyError(f"unknown arm {arm!r}; choose one of: {', '.join(ARMS)}")
+
+    def apply(self, arm: str, s: float, params: dict, protocol: str = "all"):
+        """The model of ``arm`` configured at ``s`` under ``protocol`` (CATS: a fresh copy)."""
+        if arm == "dense":
+            return self.dense
+        if arm == "cats":
+            m, _ = load_model(self.cfg.model)
+            cats_sparsify(m, s)
+            calibrate_cats(m, self.calib)
+            set_cats_protocol(m, protocol)
+            return m
+        model, rec = self.recipe(arm, s, params)
+        sparsify(model, recipe=rec)
+        set_protocol(model, protocol)
+        return model
+
+
+def _grids(cfg: QualityConfig, s: float) -> dict[str, dict]:
+    n = len(cfg.uniform_alphas)  # the tuning budget, the same for both tuned arms
     return {
-        "calib": torch.tensor(calib[:n_cal]).reshape(cfg.calib_windows, 512),
-        "search": torch.tensor(calib[n_cal : n_cal + cfg.search_tokens + 1])[None],
-        "test": torch.tensor(test[: cfg.test_tokens]),
+        "teal-greedy": {},
+        "teal-uniform": {},
+        "rsparse-uniform-a1": {},
+        "rsparse-uniform": {"alpha": list(cfg.uniform_alphas)},
+        "rsparse": {"candidate": [f"f{i}" for i in range(min(n, cfg.population))]},
     }
 
 
-def _ppl(model, ids, cfg) -> float:
-    from fmlab.core.evaluate import perplexity
+def _tune(cfg, models: _Models, ts, memo) -> dict:
+    """Per sparsity, every choice made on 'val' (a design step: the test split is sealed)."""
+    val_ids = ts.ids("val", cfg.val_tokens, "validation")
+    tunings = {}
+    for s in cfg.sparsities:
+        with ts.splits.design(f"search at {s:g} on 'calib'"):
+            models.search(s)
+        grids = _grids(cfg, s)
 
-    return perplexity(model, ids, window=cfg.window, stride=cfg.stride)["ppl"]
+        def score(arm, params, _val, s=s):
+            return _nll(models.apply(arm, s, params), val_ids, cfg)
+
+        tunings[f"{s:g}"] = tune(list(grids), grids, score, val=ts.splits["val"], mode="min",
+                                 bounds={"alpha": (0.0, 1.0)}, memo=memo)  # fmt: skip
+        models.log(f"val choices at {s:g}: {tunings[f'{s:g}'].chosen}")
+    return tunings
 
 
-def _probe(model, tok) -> list[str]:
-    from fmlab.core.evaluate import generate
+def _cats_ok(models: _Models, s: float) -> bool:
+    from fmlab.rsparse.cats import gate_sparsity_for
 
-    return [a.strip() for a in generate(model, tok, PROBES, max_new_tokens=20)]
+    try:
+        gate_sparsity_for(models.dense, s)
+    except ValueError:
+        return False
+    return True
 
 
-def run_quality(
-    out_dir: str | Path,
-    cfg: QualityConfig = QualityConfig(),
-    recipes_dir: Path | None = RECIPES_DIR,
-    log=_log,
-) -> ResultRecord:
-    from fmlab.core.models import load_pretrained
+def _test_arms(cfg, models, tunings) -> dict[str, dict]:
+    arms = {"dense": {"arm": "dense", "s": 0.0}}
+    for s in cfg.sparsities:
+        for arm, params in tunings[f"{s:g}"].chosen.items():
+            arms[f"{arm}@{s:g}"] = {"arm": arm, "s": s, **params}
+        if _cats_ok(models, s):
+            arms[f"cats@{s:g}"] = {"arm": "cats", "s": s}
+    return arms
 
+
+def run_quality(out_dir: str | Path, cfg: QualityConfig = QualityConfig(), log=_log):
+    """Search on calib, choose on val, score every arm on test; ``quality.json`` + recipes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    memo = Memo(out / ".rsparse-bench.partial.json", asdict(cfg), log=log)
-    torch.manual_seed(cfg.seed)
+    memo = Memo(out / ".rsparse-quality.partial.json", asdict(cfg), log=log)
     with Timer() as total:
-        model, tok = load_pretrained(cfg.model, device="cpu")
-        ids = splits(tok, cfg)
-        calib = [ids["calib"][i : i + 1] for i in range(len(ids["calib"]))]
-        ppl: dict[str, dict[str, dict[str, float]]] = {}  # method -> protocol -> "s" -> ppl
-        probes: dict[str, list[str]] = {}
-        extra: dict = {}
+        _, tok = load_model(cfg.model)
+        ts = text_splits(tok, cfg.seed, cfg.calib_text)
+        models = _Models(cfg, ts, memo, log)
+        tunings = _tune(cfg, models, ts, memo)
+        ts.splits.open_test()
+        test_ids = ts.ids("test", cfg.test_tokens, "test")
 
-        def evaluate(model, method, s, protocol_setter, probe=False):
-            for protocol in PROTOCOLS:
-                key = f"{method}|{s}|{protocol}"
-                val = memo.get(key)
-                if val is None:
-                    protocol_setter(protocol)
-                    with Timer() as t:
-                        val = _ppl(model, ids["test"], cfg)
-                    memo.put(key, val)
-                    log(f"{method} s={s:g} {protocol}: ppl {val:.3f} ({t.s:.0f} s)")
-                ppl.setdefault(method, {}).setdefault(protocol, {})[f"{s:g}"] = val
-            protocol_setter("all")
-            if probe and cfg.probes:
-                key = f"probe|{method}|{s}"
-                if memo.get(key) is None:
-                    memo.put(key, _probe(model, tok))
-                probes[f"{method}@{s:g}"] = memo.get(key)
+        def evaluate(name, st, _seed):
+            res = {}
+            for p in PROTOCOLS:
+                model = models.apply(st["arm"], st["s"], st, p)
+                per = window_nlls(model, test_ids, cfg.window, cfg.stride)
+                res[f"ppl_{p}"] = math.exp(mean_nll(per))
+                res[f"windows_{p}"] = [n for n, _ in per]
+            if st["arm"] not in ("dense", "cats"):
+                model = models.apply(st["arm"], st["s"], st)
+                res["realised_sparsity"] = realised_sparsity(model)
+            return res
 
-        # dense
-        val = memo.get("dense")
-        if val is None:
-            val = _ppl(model, ids["test"], cfg)
-            memo.put("dense", val)
-        dense_ppl = val
-        log(f"dense: ppl {dense_ppl:.3f}")
-        if cfg.probes:
-            if memo.get("probe|dense|0") is None:
-                memo.put("probe|dense|0", _probe(model, tok))
-            probes["dense@0"] = memo.get("probe|dense|0")
-
-        # TEAL-style: magnitude scores, block-wise greedy per-projection sparsities
-        sparsify(model, 0.0, 1.0, weighted=False)
-        calibrate(model, calib)
-        params = module_params(model)
-        teal = memo.get("recipes|teal")
-        if teal is None:
-            with Timer() as t:
-                teal = teal_greedy(
-                    model,
-                    ids["calib"][:1, : cfg.greedy_tokens],
-                    list(cfg.sparsities),
-                    block_step=cfg.greedy_step,
-                    progress=log,
-                )
-            teal = {f"{s:g}": r for s, r in teal.items()}
-            memo.put("recipes|teal", teal)
-            memo.put("seconds|teal-greedy", t.s)
-        teal = {k: {n: tuple(v) for n, v in r.items()} for k, r in teal.items()}
-        for s in cfg.sparsities:
-            sparsify(model, recipe=teal[f"{s:g}"])
-            evaluate(model, "teal", s, lambda p: set_protocol(model, p), probe=s == 0.5)
-        for s in cfg.sparsities:  # ablation: TEAL's scores with a uniform allocation
-            sparsify(model, s, 1.0)
-            evaluate(model, "teal-uniform", s, lambda p: set_protocol(model, p))
-
-        # R-Sparse: |x|·‖W_j‖ scores, uniform α (best on the search text) and searched
-        model, tok = load_pretrained(cfg.model, device="cpu")
-        sparsify(model, 0.0, 1.0, weighted=True, keep_svd=True)
-        calibrate(model, calib)
-        best_alpha, searched, history = {}, {}, {}
-        for s in cfg.sparsities:
-            key = f"uniform-alpha|{s}"
-            if memo.get(key) is None:
-                losses = {
-                    f"{a:g}": recipe_loss(model, ids["search"], uniform(model, s, a))
-                    for a in cfg.uniform_alphas
-                }
-                memo.put(key, losses)
-            losses = memo.get(key)
-            best_alpha[f"{s:g}"] = float(min(losses, key=losses.get))
-            extra.setdefault("uniform_alpha_search_loss", {})[f"{s:g}"] = losses
-            sparsify(model, s, best_alpha[f"{s:g}"])
-            evaluate(model, "rsparse-uniform", s, lambda p: set_protocol(model, p))
-        for s in cfg.sparsities:
-            key = f"recipes|rsparse|{s}"
-            if memo.get(key) is None:
-                init = [
-                    {n: (v[0], 1.0) for n, v in teal[f"{s:g}"].items()},
-                    uniform(model, s, best_alpha[f"{s:g}"]),
-                    uniform(model, s, 1.0),
-                ]
-                with Timer() as t:
-                    rec, hist = evolutionary_search(
-                        model,
-                        ids["search"],
-                        s,
-                        init,
-                        population=cfg.population,
-                        generations=cfg.generations,
-                        seed=cfg.seed,
-                        progress=log,
-                    )
-                memo.put(key, {"modules": rec, "history": hist, "seconds": t.s})
-            got = memo.get(key)
-            searched[f"{s:g}"] = {n: tuple(v) for n, v in got["modules"].items()}
-            history[f"{s:g}"] = got["history"]
-            sparsify(model, recipe=searched[f"{s:g}"])
-            evaluate(model, "rsparse", s, lambda p: set_protocol(model, p), probe=s == 0.5)
-            extra.setdefault("realised_sparsity", {})[f"{s:g}"] = realised_sparsity(model)
-        rs_params = module_params(model)
-
-        # CATS-style: gate thresholding (only up/down are saved; reaches ≤ 50% here)
-        cats_reach = []
-        for s in cfg.sparsities:
-            try:
-                m2, _ = load_pretrained(cfg.model, device="cpu")
-                cats_sparsify(m2, s)
-            except ValueError as e:
-                extra.setdefault("cats_unreachable", {})[f"{s:g}"] = str(e)
-                continue
-            calibrate_cats(m2, calib)
-            evaluate(m2, "cats", s, lambda p, m=m2: set_cats_protocol(m, p))
-            cats_reach.append(s)
-
-    # --- record -------------------------------------------------------------------------
-    if recipes_dir is not None:
-        for s in cfg.sparsities:
-            meta = {
-                "search_tokens": cfg.search_tokens,
-                "calib_windows": cfg.calib_windows,
-                "seed": cfg.seed,
-            }
-            Recipe(
-                searched[f"{s:g}"],
-                s,
-                "rsparse",
-                True,
-                cfg.model,
-                {**meta, "generations": cfg.generations, "population": cfg.population},
-            ).save(recipes_dir / cfg.model / f"rsparse-{round(s * 100)}.json")
-            Recipe(
-                teal[f"{s:g}"], s, "teal", False, cfg.model, {**meta, "search": "block-wise greedy"}
-            ).save(recipes_dir / cfg.model / f"teal-{round(s * 100)}.json")
-    for s in cfg.sparsities:  # the searched and greedy recipes respect the budget
-        assert abs(model_sparsity(searched[f"{s:g}"], rs_params) - s) < 1e-6
-        assert abs(model_sparsity(teal[f"{s:g}"], params) - s) < 1e-6
-
-    def row(method):
-        d = {f"ppl_{p}@{k}": v for p, byk in ppl[method].items() for k, v in byk.items()}
-        at50 = ppl[method].get("all", {}).get("0.5")
-        if at50 is not None:
-            d["ppl@50"] = at50
-            d["delta_ppl@50"] = at50 - dense_ppl
-        return d
-
-    plot = _plot_quality(out / "quality.png", cfg, ppl, dense_ppl)
-    alphas = {k: sum(a == 1.0 for _, a in r.values()) / len(r) for k, r in searched.items()}
-    rec = ResultRecord(
-        method="rsparse",
-        claim=(
-            "At 50% model-level sparsity (all tokens sparse), R-Sparse with a searched recipe has "
-            "perplexity no worse than the TEAL-style baseline, and stays close to dense."
-        ),
-        setup={
-            **asdict(cfg),
-            "data": "prose corpus: document split 80/10/10; thresholds on 'calib', search fitness on later 'calib' tokens, perplexity on 'test'",
-            "sparsity_definition": "parameter-weighted over the 7 block linears of every layer (embeddings / LM head dense)",
-            "command": "fmlab rsparse bench",
-            "resumed_entries": memo.resumed,
-        },
-        metrics={
-            "dense_ppl": dense_ppl,
-            **row("rsparse"),
-            "ppl": ppl,
-            "realised_sparsity": extra.get("realised_sparsity", {}),
-            "share_alpha_1": alphas,
-            "search_history": history,
-            "uniform_alpha": best_alpha,
-            "uniform_alpha_search_loss": extra.get("uniform_alpha_search_loss", {}),
-            "probes": probes,
-            "teal_greedy_s": memo.get("seconds|teal-greedy"),
-            "search_s": {
-                f"{s:g}": memo.get(f"recipes|rsparse|{s}")["seconds"] for s in cfg.sparsities
-            },
-            "peak_rss_mb": peak_rss_mb(),
-        },
-        baselines={
-            "dense": {"ppl@50": dense_ppl, "delta_ppl@50": 0.0},
-            "teal": row("teal"),
-            "teal-uniform": row("teal-uniform"),
-            "rsparse-uniform": row("rsparse-uniform"),
-            **({"cats": row("cats")} if cats_reach else {}),
-        },
-        plots=[plot.name],
-        headline=["dense_ppl", "ppl@50", "delta_ppl@50"],
-        notes=[
-            "Protocol 'all': every token of every forward is sparse. 'tail': only the last 10% of each forward's tokens (the official code's evaluation); with a 512-token window scored on its last 256 tokens, most scored tokens are then computed densely.",
-            "A resumed run reuses finished evaluations and searches (setup.resumed_entries); wall_s then covers only the last run, and teal_greedy_s / search_s give the search costs.",
-            "The evolutionary search is seeded with TEAL's greedy sparsities (α = 1), the best uniform α and uniform α = 1, so on the search text it cannot end worse than those seeds; on the test text it can.",
-            *[f"CATS at {k}: {v}" for k, v in extra.get("cats_unreachable", {}).items()],
-        ],
-    )
+        runs = run_arms(_test_arms(cfg, models, tunings), [cfg.seed], evaluate, memo, log=log)
+        intervals = _intervals(cfg, runs)
+        written = _write_recipes(cfg, models, tunings, out)
+        extra = _probes_and_rss(cfg, models, tunings, memo, log)
+    rec = _record(cfg, models, tunings, runs, intervals, written, extra, ts, memo, out)
     rec.wall_s = total.s
     write_record(rec, out / "quality.json")
     return rec
 
 
+def _intervals(cfg, runs) -> list:
+    out = []
+    for s in cfg.sparsities:
+        for other in ("rsparse-uniform-a1", "teal-uniform", "teal-greedy"):
+            a, b = f"rsparse@{s:g}", f"{other}@{s:g}"
+            if a in runs.values and b in runs.values:
+                p = compare(runs, a, b, "ppl_all", items="windows_all")
+                out.append(replace(p, metric=f"window nll (all) @{s:g}", headline=s == 0.5))
+    return out
+
+
+def _write_recipes(cfg, models: _Models, tunings, out: Path) -> list[str]:
+    """The val-chosen recipes beside the record (``<out>/recipes/<model>/``), never into the
+    installed package: what ships is decided from the test table."""
+    written = []
+    folder = out / "recipes" / Path(cfg.model).name
+    meta = {"calib_windows": cfg.calib_windows, "search_tokens": cfg.search_tokens,
+            "seed": cfg.seed, "calib_text": cfg.calib_text}  # fmt: skip
+    for s in cfg.sparsities:
+        chosen = tunings[f"{s:g}"].chosen
+        for arm, method, weighted in (("rsparse", "rsparse", True), ("teal-greedy", "teal", False)):
+            _, rec = models.recipe(arm, s, chosen[arm])
+            check_budget(rec, module_params(models.rs), s)
+            info = {**meta, "arm": arm, "chosen_on_val": chosen[arm]}
+            path = folder / f"{method}-{round(s * 100)}.json"
+            Recipe(rec, s, method, weighted, cfg.model, info).save(path)
+            written.append(str(path))
+    return written
+
+
+def _probes_and_rss(cfg, models: _Models, tunings, memo, log) -> dict:
+    from fmlab.core.evaluate import generate
+
+    extra: dict = {}
+    if cfg.probes and 0.5 in cfg.sparsities:
+        for name, arm, s in (("dense@0", "dense", 0.5), ("rsparse@0.5", "rsparse", 0.5)):
+            key = f"probe|{name}"
+            if memo.get(key) is None:
+                model = models.apply(arm, s, tunings["0.5"].chosen.get(arm, {}))
+                memo.put(key, [a.strip() for a in generate(model, models.tok, PROBES, 20)])
+            extra.setdefault("probes", {})[name] = memo.get(key)
+    if cfg.measure_eval_rss:
+        from fmlab.core.measure import fmlab_executable, measure_command
+
+        log("measuring the peak RSS of `fmlab rsparse eval` in its own process")
+        cmd = [str(fmlab_executable()), "rsparse", "eval", "--max-tokens", "1024"]
+        got = measure_command(cmd)
+        extra["eval_peak_rss_mb"] = got["peak_rss_mb"]
+        extra["eval_command"] = " ".join(cmd[1:])
+        extra["eval_returncode"] = got["returncode"]
+    return extra
+
+
+def _record(cfg, models, tunings, runs, intervals, written, extra, ts, memo, out):
+    values = {a: runs.values[a][cfg.seed] for a in runs.values}
+    ppl = {}  # arm -> protocol -> sparsity -> ppl
+    for name, v in values.items():
+        arm, _, s = name.partition("@")
+        for p in PROTOCOLS:
+            ppl.setdefault(arm, {}).setdefault(p, {})[s or "0"] = v[f"ppl_{p}"]
+    best = {}
+    for s in cfg.sparsities:
+        cands = {a: ppl[a]["all"][f"{s:g}"] for a in ppl if f"{s:g}" in ppl[a]["all"]}
+        best[f"{s:g}"] = min(cands, key=cands.get)
+    dense = ppl["dense"]["all"]["0"]
+
+    def row(arm):
+        d = {f"ppl_{p}@{k}": v for p, byk in ppl[arm].items() for k, v in byk.items()}
+        if "0.5" in ppl[arm]["all"]:
+            d["ppl@50"] = ppl[arm]["all"]["0.5"]
+            d["delta_ppl@50"] = d["ppl@50"] - dense
+        return d
+
+    plot = _plot_quality(out / "quality.png", cfg, ppl, dense)
+    notes = [f"{p.label}: {format_delta(p)}" for p in intervals]
+    return ResultRecord(
+        method="rsparse",
+        claim="On test text that neither search nor selection saw, R-Sparse's searched recipe at "
+        "50% has perplexity no worse than uniform α = 1 and TEAL-uniform.",
+        setup={
+            **asdict(cfg),
+            "arms": {a: t for a, (_, t) in ARMS.items()},
+            "command": "fmlab rsparse bench --quality-only",
+            "resumed_entries": memo.resumed,
+            "recipes_written": written,
+            "sparsity_definition": "parameter-weighted over the 7 block linears",
+        },
+        metrics={
+            "dense_ppl": dense,
+            **row("rsparse"),
+            "ppl": ppl,
+            "best_on_test": best,
+            "search_history": models.history,
+            "peak_rss_mb": peak_rss_mb(),
+            "teal_greedy_s": memo.get("seconds|teal-greedy"),
+            **extra,
+        },
+        baselines={a: row(a) for a in ppl if a != "rsparse"},
+        plots=[plot.name],
+        headline=["dense_ppl", "ppl@50", "delta_ppl@50"],
+        notes=[
+            "τ, TEAL's greedy and the search fitness use 'calib'; uniform α and the searched "
+            "finalist are chosen on 'val' (core.experiment.tune, equal budget); every arm is "
+            "scored once on 'test' after splits.open_test().",
+            "Protocol 'all': every token sparse. 'tail': only the last 10% of each forward.",
+            "Intervals: per-window bootstrap of the paired NLL differences (one search seed).",
+            *notes,
+        ],
+        **record_fields(ts.splits, tunings, intervals),
+    )
+
+
 def _plot_quality(path: Path, cfg, ppl, dense_ppl, ymax: float = 1000.0) -> Path:
-    """Perplexity vs sparsity, one panel per protocol; points above ``ymax`` sit on the top
-    edge as open triangles (CATS at 50% is ~1e11 and would flatten everything else)."""
+    """Test perplexity vs sparsity, one panel per protocol (points above ``ymax`` clipped)."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, protocol in zip(axes, PROTOCOLS, strict=True):
-        for i, (method, byp) in enumerate(ppl.items()):
+        for i, (arm, byp) in enumerate(ppl.items()):
+            if arm == "dense":
+                continue
             xs = [100 * float(k) for k in byp[protocol]]
-            ys = list(byp[protocol].values())
-            color = f"C{i}"
-            ax.plot(xs, [min(y, ymax) for y in ys], marker="o", color=color, label=method)
-            off = [(x, y) for x, y in zip(xs, ys, strict=True) if y > ymax]
-            for x, y in off:
-                ax.plot([x], [ymax], marker="^", ms=10, mfc="none", color=color)
-                ax.annotate(f"{y:.0e}", (x, ymax), textcoords="offset points", xytext=(4, -12),
-                            fontsize=7, color=color)  # fmt: skip
+            ys = [min(y, ymax) for y in byp[protocol].values()]
+            ax.plot(xs, ys, marker="o", color=f"C{i}", label=arm)
         ax.axhline(dense_ppl, color="k", ls="--", lw=1, label="dense")
         ax.set_yscale("log")
-        ax.set_ylim(dense_ppl * 0.9, ymax * 1.1)
         ax.set_xlabel("model-level sparsity (%)")
         ax.set_title(f"protocol: {protocol}")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"perplexity ({cfg.test_tokens} held-out tokens)")
+    axes[0].set_ylabel(f"test perplexity ({cfg.test_tokens} tokens)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{cfg.model}: perplexity vs sparsity (lower is better)")
+    fig.suptitle(f"{cfg.model}: held-out perplexity vs sparsity (lower is better)")
     return save_figure(fig, plt, path)
 
 
-def shipped_recipe(model: str, method: str, sparsity: float) -> Recipe:
-    """The recipe shipped with the package for a bundled model (``method`` rsparse | teal)."""
-    path = RECIPES_DIR / model / f"{method}-{round(sparsity * 100)}.json"
-    if not path.is_file():
-        have = (
-            sorted(p.stem for p in (RECIPES_DIR / model).glob("*.json"))
-            if (RECIPES_DIR / model).is_dir()
-            else []
-        )
-        raise FileNotFoundError(
-            f"no shipped {method} recipe for {model} at {sparsity:g} ({path.name}); shipped: "
-            f"{', '.join(have) or 'none'}. Run `fmlab rsparse search --sparsity {sparsity:g}` to make one."
-        )
-    return Recipe.load(path)
-
-
-# --- speed ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _decode_tps(model, prompt_ids: torch.Tensor, new_tokens: int) -> float:
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=prompt_ids, past_key_values=cache, use_cache=True)
-    nxt = out.logits[:, -1:].argmax(-1)
-    t0 = time.perf_counter()
-    for _ in range(new_tokens):
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-        nxt = out.logits[:, -1:].argmax(-1)
-    return new_tokens / (time.perf_counter() - t0)
-
-
-@torch.no_grad()
-def _prefill_tps(model, ids: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    model(input_ids=ids)
-    return ids.numel() / (time.perf_counter() - t0)
-
-
-def _weight_bytes(model) -> dict[str, float]:
-    """Analytic fp32 bytes of weights read per decoded token (block linears, and in total with
-    the LM head; norms and the one embedding row are negligible and left out)."""
-    mods = rsparse_modules(model)
-    if mods:
-        block = sum(m.weights_read() for m in mods.values())
-    else:
-        block = sum(
-            m.weight.numel()
-            for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)
-            and n.rsplit(".", 1)[-1]
-            in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-        )
-    head = model.get_output_embeddings().weight.numel()
-    esz = next(model.parameters()).element_size()
-    return {"block_linear_bytes": block * esz, "total_bytes": (block + head) * esz}
-
-
-def _us_per_call(fn, copies: int, calls: int) -> float:
-    for i in range(50):
-        fn(i % copies)
-    t0 = time.perf_counter()
-    for i in range(calls):
-        fn(i % copies)
-    return (time.perf_counter() - t0) / calls * 1e6
-
-
-def kernel_microbench(shapes, keep=(1.0, 0.5), copies: int = 48, calls: int = 1500) -> list[dict]:
-    """Microseconds per call of torch's dense ``mv`` and of the decode kernel at each kept
-    fraction, with weights out of cache (``copies`` matrices in rotation, as in a real decode,
-    where every layer's weights are read once per token)."""
-    import functools
-
-    import numpy as np
-
-    from fmlab.rsparse import kernel
-
-    rows = []
-    g = torch.Generator().manual_seed(0)
-    for d_out, d_in in shapes:
-        ws = [torch.randn(d_out, d_in, generator=g) for _ in range(copies)]
-        wts = [w.t().contiguous().numpy() for w in ws]
-        x = torch.randn(d_in, generator=g)
-        xn, cn, y = x.numpy(), np.ones(d_in, np.float32), np.empty(d_out, np.float32)
-        e_in, e_out = np.zeros((d_in, 0), np.float32), np.zeros((d_out, 0), np.float32)
-
-        def dense(i, ws=ws, x=x):
-            return torch.mv(ws[i], x)
-
-        def sparse(i, tau, wts=wts, args=(xn, cn, e_in, e_out, y)):
-            xv, c, a, b, out = args
-            kernel.sparse_lowrank_gemv(xv, wts[i], c, tau, a, b, out)
-
-        row = {"shape": [d_out, d_in], "dense_mv_us": _us_per_call(dense, copies, calls)}
-        for frac in keep:
-            tau = float(np.quantile(np.abs(xn), 1 - frac)) if frac < 1 else -1.0
-            row[f"kernel_{round(frac * 100)}_us"] = _us_per_call(
-                functools.partial(sparse, tau=tau), copies, calls
-            )
-        rows.append(row)
-    return rows
-
-
-def run_speed(
-    out_dir: str | Path,
-    model_name: str = "smollm2-135m-instruct",
-    sparsity: float = 0.5,
-    repeats: int = 5,
-    new_tokens: int = 64,
-    prefill_tokens: int = 512,
-    threads: int = 2,
-    log=_log,
-) -> ResultRecord:
-    from fmlab.core.models import load_pretrained
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(100, 40000, (1, 64), generator=g)
-    pre = torch.randint(100, 40000, (1, prefill_tokens), generator=g)
-    results: dict[str, dict] = {}
-    with Timer() as total:
-        model, tok = load_pretrained(model_name, device="cpu")
-        cfg = QualityConfig(model=model_name)
-        calib = splits(tok, cfg)["calib"]
-        calib = [calib[i : i + 1] for i in range(len(calib))]
-
-        def arm(model, name, note):
-            _decode_tps(model, prompt, 4)  # warm-up (first call compiles the kernel)
-            dec = [_decode_tps(model, prompt, new_tokens) for _ in range(repeats)]
-            pf = [_prefill_tps(model, pre) for _ in range(repeats)]
-            results[name] = {
-                "decode_tokens_per_s": statistics.median(dec),
-                "decode_runs": dec,
-                "prefill_tokens_per_s": statistics.median(pf),
-                "prefill_runs": pf,
-                **_weight_bytes(model),
-                "note": note,
-            }
-            log(
-                f"{name}: decode {results[name]['decode_tokens_per_s']:.1f} tok/s, prefill {results[name]['prefill_tokens_per_s']:.0f} tok/s"
-            )
-
-        arm(model, "dense", "HF model as loaded (nn.Linear, torch GEMV on 2 threads)")
-        sources = {}
-        for method, weighted in (("rsparse", True), ("teal", False)):
-            model, tok = load_pretrained(model_name, device="cpu")
-            try:
-                r = shipped_recipe(model_name, method, sparsity)
-                modules, sources[method] = r.modules, "shipped recipe"
-            except FileNotFoundError:
-                modules, sources[method] = None, "uniform (no shipped recipe)"
-            sparsify(model, sparsity, 1.0, recipe=modules, weighted=weighted)
-            calibrate(model, calib)
-            arm(
-                model,
-                f"{method}-{round(sparsity * 100)}",
-                f"{sources[method]}; decode kernel (numba, 1 thread)",
-            )
-            if method == "rsparse":  # the same kernel with every channel kept: its layout's share
-                for m in rsparse_modules(model).values():
-                    m.configure(0.0, 1.0)
-                    m.set_threshold(-1.0)  # scores are >= 0: every channel passes, kernel path
-                arm(
-                    model, "kernel-dense", "every channel kept but forced through the decode kernel"
-                )
-        shapes = sorted({tuple(m.weight.shape) for m in rsparse_modules(model).values()})
-        micro = kernel_microbench(shapes)
-        for row in micro:
-            log(f"kernel {row}")
-    dense = results["dense"]["decode_tokens_per_s"]
-    for r in results.values():
-        r["decode_speedup_vs_dense"] = r["decode_tokens_per_s"] / dense
-        r["prefill_speedup_vs_dense"] = (
-            r["prefill_tokens_per_s"] / results["dense"]["prefill_tokens_per_s"]
-        )
-    main = f"rsparse-{round(sparsity * 100)}"
-    bar_plot(
-        out / "speed.png",
-        {k: v["decode_tokens_per_s"] for k, v in results.items()},
-        "decode tokens/s (batch 1)",
-        f"{model_name}: decode speed, 2 cores",
-    )
-    rec = ResultRecord(
-        method="rsparse",
-        claim=f"Batch-1 decode with the KV cache is faster at {sparsity:.0%} R-Sparse than dense on this CPU.",
-        setup={
-            "model": model_name,
-            "sparsity": sparsity,
-            "repeats": repeats,
-            "new_tokens": new_tokens,
-            "prompt_tokens": prompt.shape[1],
-            "prefill_tokens": prefill_tokens,
-            "torch_threads": threads,
-            "recipes": sources,
-            "command": "fmlab rsparse bench --speed-only",
-        },
-        metrics={
-            **{k: v for k, v in results[main].items() if k != "note"},
-            "kernel_microbench": micro,
-            "peak_rss_mb": peak_rss_mb(),
-        },
-        baselines={k: v for k, v in results.items() if k != main},
-        plots=["speed.png"],
-        headline=["decode_tokens_per_s", "decode_speedup_vs_dense", "prefill_speedup_vs_dense"],
-        notes=[
-            "Decode tokens/s: median over repeats of a 64-token greedy continuation of a 64-token prompt (prefill not timed). Prefill: one forward of 512 tokens.",
-            "Prefill (many tokens) runs the masked dense GEMM plus the low-rank product, so it is slower than dense by construction; only batch-1 decode uses the kernel.",
-            "'kernel-dense' forces every channel through the decode kernel: the part of the speed-up that comes from the kernel's memory layout rather than from skipping channels.",
-        ],
-    )
-    rec.wall_s = total.s
-    write_record(rec, out / "speed.json")
-    return rec
-
-
-def quick(out_dir: str | Path) -> ResultRecord:
-    """A few-minute version for `fmlab demo`: one sparsity, tiny search, no probes (claims nothing)."""
-    return run_quality(out_dir, QualityConfig.quick(), recipes_dir=None, log=lambda *_: None)
+def quick(out_dir: str | Path):
+    """A small version for `fmlab demo`: one sparsity, a tiny search (claims nothing)."""
+    return run_quality(out_dir, QualityConfig.quick(), log=lambda *_: None)
 
 
 def with_overrides(cfg: QualityConfig, **kw) -> QualityConfig:

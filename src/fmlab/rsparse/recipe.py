@@ -28,12 +28,15 @@ __all__ = [
     "Recipe",
     "decoder_layers",
     "evolutionary_search",
+    "evolve",
     "model_sparsity",
     "repair",
+    "shipped_recipe",
     "teal_greedy",
 ]
 
 FORMAT = "fmlab-rsparse-recipe/1"
+RECIPES_DIR = Path(__file__).parent / "recipes"  # shipped with the package, read-only
 S_MAX = 0.95  # no module goes sparser than this in a search
 # projections that read the same input share one sparsity in TEAL's greedy
 GROUPS = {
@@ -241,7 +244,7 @@ def recipe_loss(model: nn.Module, ids: torch.Tensor, modules: dict[str, tuple[fl
 
 
 @torch.no_grad()
-def evolutionary_search(
+def evolve(
     model: nn.Module,
     search_ids: torch.Tensor,
     target: float,
@@ -251,7 +254,7 @@ def evolutionary_search(
     mutate_frac: float = 0.1,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
-) -> tuple[dict[str, tuple[float, float]], list[dict]]:
+) -> tuple[list[tuple[float, dict[str, tuple[float, float]]]], list[dict]]:
     """(μ + λ) evolution over per-module (s, α) at a fixed model-level budget.
 
     Fitness is the LM loss on ``search_ids`` (held apart from the evaluation text). Children
@@ -259,7 +262,8 @@ def evolutionary_search(
     mutation of a ``mutate_frac`` share of modules' s (σ 0.1) and α (σ 0.15), then ``repair``
     back onto the budget. The ``init`` recipes (e.g. uniform α and TEAL's greedy path) seed
     the population, so the result is never worse on the search text than the best seed.
-    Returns the best recipe and the per-generation history (best / median loss, seconds)."""
+    Returns the final population as (search loss, recipe), best first, and the per-generation
+    history (best / median loss, seconds)."""
     mods = rsparse_modules(model)
     names = list(mods)
     p = np.array([mods[n].params for n in names], dtype=np.float64)
@@ -320,9 +324,29 @@ def evolutionary_search(
             progress(
                 f"search s={target:g} generation {gen}/{generations}: best loss {pop[0][0]:.4f}"
             )
-    best = as_recipe(pop[0][1], pop[0][2])
-    _apply(mods, best)
-    return best, history
+    ranked = [(loss, as_recipe(s, a)) for loss, s, a in pop]
+    _apply(mods, ranked[0][1])
+    return ranked, history
+
+
+@torch.no_grad()
+def evolutionary_search(
+    model: nn.Module,
+    search_ids: torch.Tensor,
+    target: float,
+    init: list[dict[str, tuple[float, float]]],
+    population: int = 8,
+    generations: int = 12,
+    mutate_frac: float = 0.1,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, tuple[float, float]], list[dict]]:
+    """The best recipe of :func:`evolve` on ``search_ids`` and the history. The best on the
+    search text can overfit it: choose among ``evolve``'s final population on other text."""
+    ranked, history = evolve(
+        model, search_ids, target, init, population, generations, mutate_frac, seed, progress
+    )
+    return ranked[0][1], history
 
 
 def _mutate(s, a, rng, m_count):
@@ -349,3 +373,17 @@ def realised_sparsity(model: nn.Module) -> float:
     mods = rsparse_modules(model).values()
     read = sum(m.weights_read() for m in mods)
     return 1.0 - read / sum(m.params for m in mods) if mods else math.nan
+
+
+def shipped_recipe(model: str, method: str, sparsity: float) -> Recipe:
+    """The recipe shipped with the package for a bundled model (``method`` rsparse | teal)."""
+    path = RECIPES_DIR / model / f"{method}-{round(sparsity * 100)}.json"
+    if not path.is_file():
+        folder = RECIPES_DIR / model
+        have = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        raise FileNotFoundError(
+            f"no shipped {method} recipe for {model} at {sparsity:g} ({path.name}); shipped: "
+            f"{', '.join(have) or 'none'}. Run `fmlab rsparse search --sparsity {sparsity:g} "
+            "--out R.json` to make one"
+        )
+    return Recipe.load(path)

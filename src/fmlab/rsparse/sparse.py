@@ -282,8 +282,10 @@ def _count_dense(m: RSparseLinear, rows: int, kept: int) -> None:
 
 
 class _Reservoir:
-    """A uniform sample of at most ``size`` of the values seen (Algorithm R, vectorised per
-    batch), so calibration memory stays ``size`` floats per module however much text it sees."""
+    """A uniform sample of at most ``size`` of the values seen, in ``size`` floats however much
+    text calibration reads. Per batch of m values after n seen, a random ``size·m/(n+m)`` of
+    the slots (the batch's expected share of a uniform sample of all n + m) take random values
+    of the batch: O(size) work per batch instead of O(m) random draws (Algorithm R)."""
 
     def __init__(self, size: int, generator: torch.Generator):
         self.buf = torch.empty(size)
@@ -292,18 +294,20 @@ class _Reservoir:
     def add(self, values: torch.Tensor) -> None:
         v = values.reshape(-1).float()
         m = v.numel()
-        fill = min(max(self.size - self.seen, 0), m)
-        if fill:
-            self.buf[self.seen : self.seen + fill] = v[:fill]
-        rest = v[fill:]
-        if rest.numel():
-            # item i (0-based over everything seen) replaces a random slot with prob size/(i+1)
-            idx = torch.arange(self.seen + fill, self.seen + m, dtype=torch.float64)
-            slot = torch.rand(rest.numel(), generator=self.gen, dtype=torch.float64) * (idx + 1)
-            slot = slot.long()
-            hit = slot < self.size
-            self.buf[slot[hit]] = rest[hit]
-        self.seen += m
+        if m == 0:
+            return
+        n = self.seen + m
+        have, target = min(self.seen, self.size), min(n, self.size)
+        c = max(target - have, min(m, round(target * m / n)))
+        take = v if c >= m else v[torch.randint(m, (c,), generator=self.gen)]
+        grow = target - have
+        if grow:
+            self.buf[have:target] = take[:grow]
+            take = take[grow:]
+        if take.numel() and have:
+            slots = torch.randperm(have, generator=self.gen)[: take.numel()]
+            self.buf[slots] = take[: slots.numel()]
+        self.seen = n
 
     def sample(self) -> torch.Tensor:
         return self.buf[: min(self.seen, self.size)]
