@@ -65,7 +65,7 @@ METHODS: tuple[Method, ...] = (
         "(R-Sparse, a one-generation search) and measured perplexity on a few hundred held-out "
         "tokens against dense and TEAL; a search this short is not the shipped recipe",
         full_bench="fmlab rsparse bench",
-        full_bench_time="about 40 min on 2 cores",
+        full_bench_time="about 65 min on 2 cores (quality about 45, speed about 20 on a quiet CPU)",
         record="rsparse/quality.json",
     ),
     Method(
