@@ -298,12 +298,12 @@ def evaluate_terminal(
     ``horizon_copy_char_acc`` (lists over ``horizons``) and ``per_episode_char_acc``.
 
     The second OCR (rapidocr, :class:`RapidReader`) reads ``rapidocr_frames`` evenly spaced
-    one-step frames per episode (``None``: 8 when rapidocr is installed, else 0): the model's
+    one-step frames per episode (``None``: 4 when rapidocr is installed, else 0): the model's
     (``rapidocr_char_acc``, ``rapidocr_line_acc``), copy-last-frame's (``copy_rapidocr_*``) and
     the real target frames (``real_rapidocr_*``: that OCR's own ceiling on clean frames), scored
     by :func:`text_accuracy`; ``rapidocr_frames`` counts the frames read."""
     if rapidocr_frames is None:
-        rapidocr_frames = 0 if rapidocr_missing() else 8
+        rapidocr_frames = 0 if rapidocr_missing() else 4
     reader = _rapid_reader() if rapidocr_frames > 0 else None
     ocr2 = np.zeros((3, 4), dtype=np.int64)  # (model | copy | real, text_accuracy counts)
     per_ep_ocr2 = []
