@@ -299,20 +299,24 @@ def _intervals(cfg, runs) -> list:
 
 
 def _write_recipes(cfg, models: _Models, tunings, out: Path) -> list[str]:
-    """The val-chosen recipes beside the record (``<out>/recipes/<model>/``), never into the
-    installed package: what ships is decided from the test table."""
+    """Every arm's recipe (tuned arms: the val choice) beside the record
+    (``<out>/recipes/<model>/``), never into the installed package: what ships is decided from
+    the test table (``best_on_test``)."""
     written = []
     folder = out / "recipes" / Path(cfg.model).name
     meta = {"calib_windows": cfg.calib_windows, "search_tokens": cfg.search_tokens,
             "seed": cfg.seed, "calib_text": cfg.calib_text}  # fmt: skip
+    files = {"rsparse": "rsparse", "teal-greedy": "teal", "teal-uniform": "teal-uniform",
+             "rsparse-uniform": "rsparse-uniform", "rsparse-uniform-a1": "rsparse-uniform-a1"}  # fmt: skip
     for s in cfg.sparsities:
         chosen = tunings[f"{s:g}"].chosen
-        for arm, method, weighted in (("rsparse", "rsparse", True), ("teal-greedy", "teal", False)):
+        for arm, name in files.items():
             _, rec = models.recipe(arm, s, chosen[arm])
             check_budget(rec, module_params(models.rs), s)
             info = {**meta, "arm": arm, "chosen_on_val": chosen[arm]}
-            path = folder / f"{method}-{round(s * 100)}.json"
-            Recipe(rec, s, method, weighted, cfg.model, info).save(path)
+            path = folder / f"{name}-{round(s * 100)}.json"
+            weighted = ARMS[arm][0]
+            Recipe(rec, s, name.split("-")[0], weighted, cfg.model, info).save(path)
             written.append(str(path))
     return written
 
