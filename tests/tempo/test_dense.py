@@ -1,5 +1,7 @@
 """The dense benchmark's generator (design; issue 16 step 5)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ def test_dense_segments_and_questions_that_target_one_object(seed):
     assert per_seg.min() >= 3 and per_seg.max() <= 4  # dense: 3-4 objects, 2 attributes each
     att, loc = v.questions
     target = v.needles[att.needles[0]]
-    q = int(att.text[-1]) - 1
+    q = int(re.search(r"\bq(\d)\b", att.text).group(1)) - 1
     quarter = [o for o in v.needles if q * 64 <= o.start < (q + 1) * 64]
     assert [o for o in quarter if o.shape == "plus"] == [target]  # one plus in that quarter
     assert att.answer == target.colour
@@ -52,3 +54,18 @@ def test_preconditions_run_on_dev_only():
     r = preconditions(Stack("agnostic").eval(), Stack("tempo").eval(), splits, (1, 4))
     assert r["split"] == "dev" and set(r["a_agnostic_accuracy_by_tokens_per_segment"]) == {"1", "4"}
     assert isinstance(r["a_holds"], bool) and isinstance(r["b_holds"], bool)
+    assert r["questions"] == 4 and r["b_budget"] == 64  # 1 token/frame
+    assert r["holds"] == (r["a_holds"] and r["b_holds"])
+    # a holds only when the paired per-question interval of the rise lies above 0
+    assert r["a_holds"] == (r["a_most_minus_fewest"]["per_item"]["lo"] > 0)
+    with pytest.raises(SealedSplitError):  # still sealed after the design step
+        splits["test"]
+
+
+def test_dense_questions_use_only_words_the_model_knows():
+    from fmlab.tempo.model import Vocab
+
+    vocab = Vocab()
+    for seed in range(4):
+        for q in make_dense_video(seed, 64).questions:
+            assert vocab.check(q.text) == [], q.text

@@ -1,4 +1,4 @@
-"""`fmlab tempo make-video|compress|answer|train|bench`."""
+"""`fmlab tempo make-video|compress|answer|train|bench|dense-bench`."""
 
 from __future__ import annotations
 
@@ -232,6 +232,14 @@ def train(
     freeze_backbone: bool = typer.Option(
         False, help="with --compressor: train only its memory tokens and the global model"
     ),
+    videos: str = typer.Option(
+        "needle", help="training videos: needle (the first benchmark's) | dense (issue 16's)"
+    ),
+    frame_features: str = typer.Option(
+        "pixels",
+        help="what the frame encoder reads: pixels (learned from scratch) | efficientnet "
+        "(frozen EfficientNet-Lite0 feature maps, cached per frame)",
+    ),
 ) -> None:
     """Train a stack through the stages (align, qa-pretrain, long-sft); resumable."""
     from fmlab.core.io import CheckpointError
@@ -241,19 +249,37 @@ def train(
         fail(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if compressor is not None and kind not in ("tempo", "agnostic"):
         fail(f"--compressor needs --kind tempo or agnostic, got {kind!r}")
+    from fmlab.tempo.model import FRAME_FEATURES, TempoConfig
+    from fmlab.tempo.pipeline import VIDEO_SOURCES
+
+    if videos not in VIDEO_SOURCES:
+        fail(f"--videos must be one of {', '.join(VIDEO_SOURCES)}, got {videos!r}")
+    if frame_features not in FRAME_FEATURES:
+        fail(f"--frame-features must be one of {', '.join(FRAME_FEATURES)}, got {frame_features!r}")
+    if frame_features != "pixels" and compressor is not None:
+        fail("--frame-features applies to the tiny compressor, not to a --compressor checkpoint")
     out = out or _default_model()
-    cfg = TrainConfig(seed=seed, random_prefix=not no_random_prefix)
-    if quick:
+    cfg = TrainConfig(seed=seed, random_prefix=not no_random_prefix, videos=videos)
+    if videos == "dense":  # dense videos come in whole quarters of segments: >= 64 frames
         cfg = TrainConfig(
-            stages=(("align", 40, 32), ("qa-pretrain", 40, 64), ("long-sft", 40, 128)),
+            stages=(("align", 300, 64), ("qa-pretrain", 300, 128), ("long-sft", 400, 256)),
+            seed=seed, random_prefix=not no_random_prefix, videos=videos, video_pool=256,
+        )  # fmt: skip
+    if quick:
+        first = 64 if videos == "dense" else 32
+        cfg = TrainConfig(
+            stages=(("align", 40, first), ("qa-pretrain", 40, 64), ("long-sft", 40, 128)),
             seed=seed,
             random_prefix=not no_random_prefix,
             checkpoint_every=40,
+            videos=videos,
         )
+    model_cfg = TempoConfig(frame_features=frame_features) if compressor is None else None
     try:
         stack = train_stack(
-            kind, out, cfg, log=_log, compressor=compressor, freeze_backbone=freeze_backbone
-        )
+            kind, out, cfg, model_cfg, log=_log, compressor=compressor,
+            freeze_backbone=freeze_backbone,
+        )  # fmt: skip
     except CheckpointError as e:
         fail(str(e))
     stack.save(out, {"train": cfg.__dict__ | {"stages": [list(s) for s in cfg.stages]}})
@@ -297,3 +323,41 @@ def bench(
     rec = run(out, cfg, log=_log)
     b = cfg.budgets[1] if len(cfg.budgets) > 1 else cfg.budgets[0]
     typer.echo(f"tempo needle accuracy at B={b}: {rec.metrics[f'needle_acc@{b}']['mean']:.3f}")
+
+
+@app.command("dense-bench")
+def dense_bench(
+    out: Path = typer.Option(None, help=BENCH_OUT_HELP),
+    quick: bool = typer.Option(
+        False, help="a ~1-minute run on 64-frame videos that claims nothing"
+    ),
+    seeds: int = typer.Option(3, help="test seeds (each trains its own stacks)"),
+    design_only: bool = typer.Option(
+        False, help="stop after the dev steps (preconditions, encoder choice): a design probe"
+    ),
+    threads: int = typer.Option(1, help="torch threads"),
+) -> None:
+    """Issue 16's dense benchmark: preconditions on dev first (stops if one fails), then every
+    arm at 0.25-4 tokens/frame on the sealed test split (resumable)."""
+    from dataclasses import replace
+
+    from fmlab.tempo.dense_bench import DenseBenchConfig, run
+
+    if seeds < 2 or threads < 1:
+        fail(f"--seeds must be >= 2 (paired intervals) and --threads >= 1; got {seeds}, {threads}")
+    cfg = (
+        DenseBenchConfig.quick()
+        if quick
+        else DenseBenchConfig(test_seeds=tuple(range(1, seeds + 1)))
+    )
+    cfg = replace(cfg, threads=threads)
+    out = bench_out("tempo", out, quick)
+    command = (
+        "fmlab tempo dense-bench"
+        + (" --quick" if quick else "")
+        + (" --design-only" if design_only else "")
+    )
+    rec = run(out, cfg, log=_log, design_only=design_only, command=command)
+    typer.echo(rec.metrics["status"])
+    pre = rec.metrics["preconditions"]
+    typer.echo(f"preconditions on dev: (a) {pre['a_holds']}, (b) {pre['b_holds']}")

@@ -27,15 +27,26 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from fmlab.core.data.videos import ANSWERS, COLOURS, SHAPES
 
-__all__ = ["Compressor", "FrameEncoder", "GlobalModel", "TempoConfig", "Vocab"]
+__all__ = [
+    "FRAME_FEATURES",
+    "Compressor",
+    "FeatureEncoder",
+    "FrameEncoder",
+    "GlobalModel",
+    "TempoConfig",
+    "Vocab",
+    "frame_encoder",
+]
 
 TIME_BUCKETS = 32
+FRAME_FEATURES = ("pixels", "efficientnet")  # what the frame encoders read
 
 
 @dataclass(frozen=True)
@@ -50,9 +61,26 @@ class TempoConfig:
     llm_layers: int = 2
     heads: int = 4
     query_aware: bool = True
+    # "pixels": patches learned from scratch; "efficientnet": the cells of frozen
+    # EfficientNet-Lite0 feature maps (fmlab.core.vision) of frames resized to feature_size
+    # (64 px: a 2 x 2 map, one cell per quadrant), cached per frame, through a learned projection
+    frame_features: str = "pixels"
+    feature_size: int = 64
+
+    def __post_init__(self):
+        if self.frame_features not in FRAME_FEATURES:
+            raise ValueError(
+                f"frame_features must be one of {', '.join(FRAME_FEATURES)}, got "
+                f"{self.frame_features!r}"
+            )
+        if self.feature_size < 32 or self.feature_size % 32:
+            raise ValueError(f"feature_size must be a multiple of 32, got {self.feature_size}")
 
     @property
     def patches(self) -> int:
+        """Visual tokens per frame."""
+        if self.frame_features == "efficientnet":
+            return (self.feature_size // 32) ** 2
         return (self.frame_size // self.patch) ** 2
 
     def to_dict(self) -> dict:
@@ -124,12 +152,84 @@ class FrameEncoder(nn.Module):
         return x.flatten(2).transpose(1, 2) + self.pos
 
 
+class FeatureCache:
+    """Frozen EfficientNet-Lite0 feature-map cells per frame, keyed by a SHA-1 of the frame's
+    bytes: a frame seen twice (another arm, another epoch over a video pool, the other stack)
+    is encoded once. Stored as float16, at most ``max_frames`` frames (oldest dropped first)."""
+
+    def __init__(self, size: int = 64, max_frames: int = 65536):
+        self.size, self.max_frames = size, max_frames
+        self.store: dict[bytes, np.ndarray] = {}
+        self.encoder = None  # built on first use (loads the weights)
+        self.hits = self.misses = 0
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 → (N, cells, 1280) float32."""
+        import hashlib
+
+        keys = [hashlib.sha1(f.tobytes() + str(f.shape).encode()).digest() for f in frames]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.store))
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        got: dict[bytes, np.ndarray] = {}
+        if todo:
+            if self.encoder is None:
+                from fmlab.core.vision import ImageEncoder
+
+                self.encoder = ImageEncoder(size=self.size, cache=False)
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            fmap = self.encoder.feature_map(frames[[first[k] for k in todo]])  # (n, 1280, h, w)
+            cells = fmap.reshape(len(todo), fmap.shape[1], -1).transpose(0, 2, 1)
+            got = dict(zip(todo, cells.astype(np.float16), strict=True))
+        out = np.stack([got[k] if k in got else self.store[k] for k in keys]).astype(np.float32)
+        for k, v in got.items():
+            if len(self.store) >= self.max_frames:
+                self.store.pop(next(iter(self.store)))  # the oldest
+            self.store[k] = v
+        return out
+
+
+_FEATURE_CACHES: dict[int, FeatureCache] = {}
+
+
+def feature_cache(size: int = 64) -> FeatureCache:
+    """The process-wide cache for frames resized to ``size`` (shared by every stack)."""
+    if size not in _FEATURE_CACHES:
+        _FEATURE_CACHES[size] = FeatureCache(size)
+    return _FEATURE_CACHES[size]
+
+
+class FeatureEncoder(nn.Module):
+    """Frames (B, 3, H, W) uint8-range floats → (B, P, d): the P cells of frozen
+    EfficientNet-Lite0 feature maps (1280-d, cached per frame), layer-normed and projected.
+    Only the norm, projection and positions are trained (and saved)."""
+
+    def __init__(self, cfg: TempoConfig, d: int):
+        super().__init__()
+        from fmlab.core.vision import DIM
+
+        self.size = cfg.feature_size
+        self.norm = nn.LayerNorm(DIM)
+        self.proj = nn.Linear(DIM, d)
+        self.pos = nn.Parameter(torch.zeros(cfg.patches, d))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.detach().round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        f = torch.from_numpy(feature_cache(self.size)(np.ascontiguousarray(x.numpy())))
+        return self.proj(self.norm(f)) + self.pos  # (B, P, d)
+
+
+def frame_encoder(cfg: TempoConfig, d: int) -> nn.Module:
+    """The frame encoder ``cfg.frame_features`` names."""
+    return FeatureEncoder(cfg, d) if cfg.frame_features == "efficientnet" else FrameEncoder(cfg, d)
+
+
 class Compressor(nn.Module):
     def __init__(self, cfg: TempoConfig, vocab: Vocab):
         super().__init__()
         self.cfg, self.vocab = cfg, vocab
         d = cfg.d_svlm
-        self.frames = FrameEncoder(cfg, d)
+        self.frames = frame_encoder(cfg, d)
         self.frame_pos = nn.Parameter(torch.zeros(cfg.seg_len, 1, d))
         self.embed = nn.Embedding(len(vocab), d)
         self.backbone = _llama(d, cfg.svlm_layers, cfg.heads, cfg.seg_len * cfg.patches + 64)

@@ -34,9 +34,18 @@ from torch import nn
 from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.data.videos import COLOURS, FAMILIES, SynthVideo, make_video
 from fmlab.tempo.allocate import allocate, truncate
-from fmlab.tempo.model import Compressor, FrameEncoder, GlobalModel, TempoConfig, Vocab
+from fmlab.tempo.model import Compressor, GlobalModel, TempoConfig, Vocab, frame_encoder
 
-__all__ = ["ARMS", "Stack", "TrainConfig", "UnknownWordsWarning", "segments_of", "train_stack"]
+__all__ = [
+    "ARMS",
+    "VIDEO_SOURCES",
+    "Stack",
+    "TrainConfig",
+    "UnknownWordsWarning",
+    "segments_of",
+    "train_stack",
+    "video_sampler",
+]
 
 COMPRESSOR_ARMS = ("tempo", "uniform-alloc", "random-ata", "oracle", "m0", "tail")
 ARMS = (*COMPRESSOR_ARMS, "agnostic", "frames", "pool")
@@ -106,7 +115,7 @@ class Stack(nn.Module):
         if kind in ("tempo", "agnostic"):
             self.compressor = compressor if compressor is not None else Compressor(cfg, self.vocab)
         else:
-            self.frame_encoder = FrameEncoder(cfg, cfg.d_svlm)
+            self.frame_encoder = frame_encoder(cfg, cfg.d_svlm)
         self.glob = GlobalModel(cfg, self.vocab, cfg.d_svlm)
 
     @property
@@ -170,6 +179,25 @@ class Stack(nn.Module):
             return self._frame_blocks(frames, budget)
         chunks = [frames] if isinstance(frames, np.ndarray) else frames
         mem, rel, t = self.compress_chunks(chunks, question, batch_segments)
+        return self.blocks_from_memory(mem, rel, t, budget, arm, truth, rng, prefix,
+                                       allow_over_budget)  # fmt: skip
+
+    def blocks_from_memory(
+        self,
+        mem: torch.Tensor,
+        rel: torch.Tensor,
+        t: int,
+        budget: int,
+        arm: str,
+        truth: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        prefix: np.ndarray | None = None,
+        allow_over_budget: bool = False,
+    ) -> tuple[list[tuple[float, torch.Tensor]], dict]:
+        """:meth:`blocks` from compressed memory states (N, M, d), relevance logits (N,) and
+        the frame count ``t`` (:meth:`compress_chunks`): a video compressed once can be
+        allocated under every arm and budget."""
+        rng = rng if rng is not None else np.random.default_rng(0)
         n, m = mem.shape[:2]
         scores = torch.sigmoid(rel).detach().numpy()
         probe = self.compressor.probe(mem[:, 0])
@@ -196,7 +224,14 @@ class Stack(nn.Module):
         t, p = len(frames), self.cfg.patches
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
         if self.kind == "frames":
-            k = max(1, min(t, budget // p))
+            k = min(t, budget // p)
+            if k == 0:  # fewer tokens than one frame has: the middle frame, pooled to B tokens
+                if budget < 1:
+                    return [], {"frames": 0}
+                toks = self.frame_encoder(x[t // 2 : t // 2 + 1].float())[0]
+                edges = np.linspace(0, p, budget + 1).round().astype(int)
+                pooled = torch.stack([toks[a:b].mean(0) for a, b in itertools.pairwise(edges)])
+                return [((t // 2 + 0.5) / t, pooled)], {"frames": 1}
             idx = np.linspace(0, t - 1, k).round().astype(int)
             toks = self.frame_encoder(x[idx].float())
             return [((i + 0.5) / t, toks[j]) for j, i in enumerate(idx)], {"frames": k}
@@ -346,10 +381,42 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps; 0: off
     checkpoint_every_s: float = 120.0  # seconds of wall-clock; 0: off
     extra: dict = field(default_factory=dict)
+    # what the stack trains on (VIDEO_SOURCES): "needle" (fmlab.core.data.videos, fresh videos
+    # every step) or "dense" (fmlab.tempo.dense); video_pool > 0 draws from that many fixed
+    # videos per stage length instead of fresh ones (so cached frame features are reused)
+    videos: str = "needle"
+    video_pool: int = 0
+
+    def __post_init__(self):
+        if self.videos not in VIDEO_SOURCES:
+            raise ValueError(
+                f"videos must be one of {', '.join(VIDEO_SOURCES)}, got {self.videos!r}"
+            )
+        if self.video_pool < 0:
+            raise ValueError(f"video_pool must be >= 0, got {self.video_pool}")
 
 
-def _sample(rng: np.random.Generator, n_frames: int, seed_base: int):
-    video = make_video(int(seed_base + rng.integers(1 << 30)), n_frames)
+VIDEO_SOURCES = ("needle", "dense")
+
+
+def video_sampler(cfg: TrainConfig) -> Callable[[np.random.Generator, int], tuple]:
+    """``(rng, n_frames) -> (video, question)`` for ``cfg.videos``: a training video of
+    ``n_frames`` frames (seeds disjoint from every bench's dev and test videos) and one of its
+    questions, the family drawn first so families are balanced."""
+    if cfg.videos == "dense":
+        from fmlab.tempo.dense import dense_sampler
+
+        return dense_sampler(cfg.seed, cfg.video_pool)
+    base = 10_000_000 * (cfg.seed + 1)
+    if cfg.video_pool:
+        pool = cfg.video_pool
+        return lambda rng, n: _sample(rng, n, base, int(rng.integers(pool)))
+    return lambda rng, n: _sample(rng, n, base)
+
+
+def _sample(rng: np.random.Generator, n_frames: int, seed_base: int, index: int | None = None):
+    index = int(rng.integers(1 << 30)) if index is None else index
+    video = make_video(int(seed_base + index), n_frames)
     # balance the families: pick a family first, then one of its questions
     fams = [f for f in FAMILIES if any(q.family == f for q in video.questions)]
     fam = fams[int(rng.integers(len(fams)))]
@@ -365,8 +432,13 @@ def train_stack(
     log: Callable[[str], None] = log_stderr,
     compressor: str | Path | None = None,
     freeze_backbone: bool = False,
+    sampler: Callable[[np.random.Generator, int], tuple] | None = None,
 ) -> Stack:
     """Train one stack through the stages; resumes from ``out`` if a checkpoint is there.
+
+    The videos come from ``cfg.videos`` (:func:`video_sampler`) unless ``sampler``
+    (``(rng, n_frames) -> (video, question)``) is given; a checkpoint is resumed only by a run
+    with the same ``cfg``, so give a custom sampler its own ``cfg.extra`` entry.
 
     ``compressor``: a local Hugging Face vision-language checkpoint to use as the compressor
     instead of the tiny SVLM; ``freeze_backbone`` then trains only its memory tokens, the probe
@@ -389,6 +461,7 @@ def train_stack(
         if freeze_backbone:
             hf.model.requires_grad_(False)
     stack = Stack(kind, model_cfg, hf)
+    sampler = sampler or video_sampler(cfg)
     opt = torch.optim.AdamW(_trainable(stack), lr=cfg.lr, weight_decay=0.01)
     total = sum(s for _, s, _ in cfg.stages)
     ckpt = Path(out) / "checkpoint" if out is not None else None
@@ -428,7 +501,7 @@ def train_stack(
                 step += 1
                 if step <= done:
                     continue
-                loss = _stack_step(stack, opt, kind, name, n_frames, cfg, rng)
+                loss = _stack_step(stack, opt, kind, name, n_frames, cfg, rng, sampler)
                 sched.step()
                 if step % 25 == 0:
                     log(f"{kind} {name} step {step}/{total} loss {loss:.3f} "
@@ -454,15 +527,20 @@ def _resume_key(train_cfg: dict | None) -> dict | None:
     """The part of a saved TrainConfig that must match for a checkpoint to be resumed."""
     if not isinstance(train_cfg, dict):
         return None
-    return {k: v for k, v in train_cfg.items() if k not in _CKPT_FIELDS}
+    # a field added to TrainConfig after the checkpoint was written takes its default
+    defaults = {k: v for k, v in _jsonable(TrainConfig()).items() if k not in train_cfg}
+    return {k: v for k, v in {**train_cfg, **defaults}.items() if k not in _CKPT_FIELDS}
 
 
-def _stack_step(stack: Stack, opt, kind: str, name: str, n_frames: int, cfg, rng) -> float:
-    """One optimizer step of stage ``name`` on a fresh batch of ``cfg.batch`` videos."""
+def _stack_step(
+    stack: Stack, opt, kind: str, name: str, n_frames: int, cfg, rng, sampler=None
+) -> float:
+    """One optimizer step of stage ``name`` on a batch of ``cfg.batch`` videos."""
+    sampler = sampler or video_sampler(cfg)
     items, answers, rel_loss = [], [], torch.zeros(())
     n_seg = math.ceil(n_frames / stack.cfg.seg_len)
     for _ in range(cfg.batch):
-        video, q = _sample(rng, n_frames, 10_000_000 * (cfg.seed + 1))
+        video, q = sampler(rng, n_frames)
         budget = int(rng.choice(cfg.budgets_per_segment)) * n_seg
         truth = segment_truth(video, q, stack.cfg.seg_len)
         prefix = None
