@@ -86,7 +86,9 @@ def test_efficientnet_features_round_trip(tmp_path):
     # the cells are EfficientNet-Lite0's feature map of each frame (float16 in the cache)
     ref = ImageEncoder(size=64, cache=False).feature_map(v.frames[:2])  # (2, 1280, 2, 2)
     got = cache(v.frames[:2])  # (2, 4, 1280)
-    np.testing.assert_allclose(got, ref.reshape(2, 1280, 4).transpose(0, 2, 1), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        got, ref.reshape(2, 1280, 4).transpose(0, 2, 1), rtol=2e-3, atol=2e-3
+    )
     stack.save(tmp_path / "m")
     keys = json.loads((tmp_path / "m" / "tempo.json").read_text())["config"]
     assert keys["frame_features"] == "efficientnet"
