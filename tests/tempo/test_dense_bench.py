@@ -178,3 +178,17 @@ def test_quick_bench_runs_end_to_end_on_the_harness(tmp_path):
     assert any("8 of 8 runs resumed" in m for m in logs)
     assert not any("step" in m and "loss" in m for m in logs)
     assert rec.metrics["encoder"] == "pixels"
+
+
+def test_cli_checks_dense_options():
+    from typer.testing import CliRunner
+
+    from fmlab.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["tempo", "dense-bench", "--seeds", "1"])
+    assert r.exit_code == 2 and "--seeds must be >= 2" in r.output
+    r = runner.invoke(app, ["tempo", "train", "--videos", "clips"])
+    assert r.exit_code == 2 and "needle, dense" in r.output
+    r = runner.invoke(app, ["tempo", "train", "--frame-features", "clip"])
+    assert r.exit_code == 2 and "pixels, efficientnet" in r.output
