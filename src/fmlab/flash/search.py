@@ -149,6 +149,7 @@ def search(
     sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     rows: list[dict[str, Any]] = []
+    seen: dict[str, tuple[float, float]] = {}
 
     def objective(trial) -> tuple[float, float]:
         p: dict[str, Any] = {"depth": trial.suggest_categorical("depth", c["depth"])}
@@ -157,7 +158,10 @@ def search(
             p[f"kv_{i}"] = trial.suggest_categorical(f"kv_{i}", c["kv"])
             p[f"mode_{i}"] = trial.suggest_categorical(f"mode_{i}", c["mode"])
         arch = space.build(shape, imp, p)
-        lat, ppl = float(predict_latency(arch)), float(evaluate_ppl(arch))
+        key = arch.to_json()  # genomes differing only in dropped layers' genes: one arch
+        if key not in seen:
+            seen[key] = float(predict_latency(arch)), float(evaluate_ppl(arch))
+        lat, ppl = seen[key]
         rows.append({"arch": arch.to_dict(), "latency": lat, "ppl": ppl, "trial": trial.number})
         if log is not None:
             log(f"trial {trial.number + 1}/{trials}: latency {lat:.3f} ppl {ppl:.2f} "
