@@ -127,7 +127,7 @@ METHODS: tuple[Method, ...] = (
         "distilled one pick for 2 steps beside depth-only and uniform-width baselines; 9 "
         "candidates and 2 steps only show that it runs (held-out R² and perplexities mean nothing)",
         full_bench="fmlab flash bench --out docs/results/flash",
-        full_bench_time="about 6 h on 2 cores (estimated from stage timings, not run yet); "
+        full_bench_time="about 6-7 h on 2 cores (estimated from stage timings, not run yet); "
         "resumable",
         record="",  # not run yet: no committed record
     ),

@@ -66,7 +66,8 @@ class BenchConfig:
 
     model: str = "smollm2-135m-instruct"
     truncate: tuple[int, ...] | None = None  # keep only these backbone layers (quick runs)
-    threads: int = 1
+    threads: int = 1  # for every timed call
+    train_threads: int = 2  # for recovery (untimed)
     repeats: int = 5
     warmup: int = 1
     decode_tokens: int = 4
@@ -282,9 +283,21 @@ def _recover_eval(backbone, imp, blocks, settings, seed, cfg, out, tokens) -> An
     import hashlib
 
     d = out / ".memo" / "recover" / hashlib.sha256(tag.encode()).hexdigest()[:16]
-    res = recover(m, backbone, blocks, tokens, d if cfg.checkpoints else None,
-                  batch_size=cfg.batch_size, lr=settings["lr"],
-                  seed=seed, progress=False)  # fmt: skip
+    torch.set_num_threads(cfg.train_threads)
+    try:
+        res = recover(
+            m,
+            backbone,
+            blocks,
+            tokens,
+            d if cfg.checkpoints else None,
+            batch_size=cfg.batch_size,
+            lr=settings["lr"],
+            seed=seed,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(cfg.threads)
     res.raise_if_signalled("fmlab flash bench (recovery)")
     return m.eval()
 
