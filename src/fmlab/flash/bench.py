@@ -70,7 +70,7 @@ class BenchConfig:
     train_threads: int = 2  # for recovery (untimed)
     repeats: int = 5
     warmup: int = 1
-    decode_tokens: int = 4
+    decode_tokens: int = 8  # tokens per timed decode call (more: less timer noise per token)
     prefill_lengths: tuple[int, ...] = (128, 512)
     decode_contexts: tuple[int, ...] = (128, 2048)
     candidates: int = 120
