@@ -138,3 +138,15 @@ def test_fact_world():
     f = a[0]
     assert f.entity in f.statement() and f.value in f.statement() and f.entity in f.question()
     json.dumps([f.__dict__ for f in a])  # serializable
+
+
+def test_split_documents_keeps_identical_texts_in_one_split():
+    docs = [Document(f"d{i}", f"text {i % 7}", "t") for i in range(40)]  # every text ~6 times
+    for seed in range(5):
+        s = split_documents(docs, seed=seed)
+        where = {}
+        for name, part in s.items():
+            for d in part:
+                where.setdefault(d.text, set()).add(name)
+        assert all(len(v) == 1 for v in where.values())
+        assert sum(map(len, s.values())) == 40

@@ -151,17 +151,23 @@ def split_documents(
     """Deterministic document-level split by a hash of (seed, document id).
 
     A document's split depends only on its id and the seed, never on corpus order, so adding
-    documents does not move existing ones between splits. Every split with a positive fraction
-    gets at least one document when there are enough documents.
+    documents does not move existing ones between splits. Documents with identical text (the
+    prose corpus has topics repeated under two ids) follow the first of them by id, so one text
+    never lands in two splits. Every split with a positive fraction gets at least one document
+    when there are enough documents.
     """
     if len(fractions) != len(names):
         raise ValueError("fractions and names must have the same length")
     if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions must be non-negative and sum to 1, got {list(fractions)}")
 
-    def u(doc: Document) -> float:
-        h = hashlib.sha256(f"{seed}:{doc.id}".encode()).digest()
-        return int.from_bytes(h[:8], "big") / 2**64
+    first_id: dict[str, str] = {}
+    for d in sorted(docs, key=lambda d: d.id):
+        first_id.setdefault(d.text, d.id)
+
+    def u(doc: Document) -> tuple[float, str]:
+        h = hashlib.sha256(f"{seed}:{first_id[doc.text]}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64, doc.id
 
     ranked = sorted(docs, key=u)
     out: dict[str, list[Document]] = {}
@@ -171,6 +177,8 @@ def split_documents(
         stop = len(ranked) if i == len(names) - 1 else round(cum * len(ranked))
         if frac > 0 and stop <= start and start < len(ranked):
             stop = start + 1
+        while 0 < stop < len(ranked) and ranked[stop].text == ranked[stop - 1].text:
+            stop += 1  # twins (same text, adjacent in the ranking) stay together
         out[name] = sorted(ranked[start:stop], key=lambda d: d.id)
         start = stop
     return out
