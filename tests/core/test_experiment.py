@@ -441,3 +441,16 @@ def test_docs_writing_a_bench_example_runs(tmp_path):
     assert rec.splits["test_opened"] and rec.tuning["chosen"]["ours"] == {"lr": 3e-4}
     assert "acc: ours − sft" in rec.intervals and rec.seeds_seen_in_design == [0]
     assert "Δ ours − sft (acc)" in render_record(load_record(tmp_path / "mymethod.json"))
+
+
+def test_paired_items_distinct_across_seeds_are_each_resampled():
+    from fmlab.core.experiment import paired
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 10)), rng.random((3, 10))
+    same = paired(items_a=a, items_b=b)
+    distinct = paired(items_a=a, items_b=b, items_across_seeds="distinct")
+    assert same.per_item.n == 10 and distinct.per_item.n == 30
+    assert distinct.per_item.estimate == pytest.approx(float((a - b).mean()))
+    with pytest.raises(ValueError, match="items_across_seeds"):
+        paired(items_a=a, items_b=b, items_across_seeds="other")

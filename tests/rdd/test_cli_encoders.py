@@ -174,7 +174,8 @@ def test_quick_bench_writes_a_complete_record(tmp_path):
     assert d["setup"]["threads"] == 1
     # a verdict per paired comparison, won / lost / not shown, with both intervals
     verdicts = [n for n in d["notes"] if "per-demo [" in n]  # one seed: no per-seed interval
-    assert len(verdicts) == len(d["intervals"]) == 24  # 16 headline + 8 of the rdd-k ablation
+    # 16 against UVD and uniform, 8 of the rdd-k ablation, 4 causes (rdd-k − rdd per split)
+    assert len(verdicts) == len(d["intervals"]) == 28
     assert sum("the oracle K closes" in n for n in d["notes"]) == 4  # a cause per split
     assert (tmp_path / "arena_timeline.png").stat().st_size > 1000
 
@@ -190,3 +191,17 @@ def test_verdict_needs_every_interval_on_one_side():
     assert "LOSES" in verdicts({"a": iv((-0.05, -0.01), (-0.07, -0.002))})[0]
     assert "not shown" in verdicts({"a": iv((-0.05, -0.005), (-0.075, 0.018))})[0]
     assert "wins" in verdicts({"a": iv((0.01, 0.05), (0.02, 0.04))})[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--first-seed", "100"], ["--first-seed", "0"], ["--quick", "--first-seed", "105"]],
+)
+def test_bench_refuses_seen_or_full_run_test_seeds(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from fmlab.cli import app
+
+    res = CliRunner().invoke(app, ["rdd", "bench", "--out", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and "looked at while designing" in res.output
+    assert not (tmp_path / "o").exists()

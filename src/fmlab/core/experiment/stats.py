@@ -143,6 +143,7 @@ def paired(
     resamples: int = 2000,
     seed: int = 0,
     headline: bool = True,
+    items_across_seeds: str = "same",
 ) -> Paired:
     """Paired differences ``a − b``.
 
@@ -152,6 +153,10 @@ def paired(
         items_a, items_b: per-item scores aligned by item, shape ``(items,)`` or
             ``(seeds, items)``; for the latter the per-item difference is averaged over seeds
             first, then items are resampled (the test items are the unit of the bootstrap).
+        items_across_seeds: ``"same"`` when column j is the same test item at every seed (the
+            averaging above); ``"distinct"`` when every seed has its own items (e.g. each seed
+            generates its own test demos): the (seeds, items) differences are then flattened
+            and every scored item is resampled on its own.
         names: the two arms' names; metric: the metric's name (both for the record).
         headline: whether ``fmlab report --readme`` shows it in the results table.
     """
@@ -171,7 +176,13 @@ def paired(
                 f"{ia.shape} vs {ib.shape}"
             )
         d = ia - ib
-        per_item = bootstrap_interval(d.mean(axis=0) if d.ndim == 2 else d, level, resamples, seed)
+        if items_across_seeds not in ("same", "distinct"):
+            raise ValueError(
+                f"items_across_seeds must be 'same' or 'distinct', got {items_across_seeds!r}"
+            )
+        if d.ndim == 2:
+            d = d.mean(axis=0) if items_across_seeds == "same" else d.reshape(-1)
+        per_item = bootstrap_interval(d, level, resamples, seed)
     if per_seed is None and per_item is None:
         raise ValueError(
             "no interval can be computed: give per-seed values for 2+ seeds or per-item scores"
