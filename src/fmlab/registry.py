@@ -61,9 +61,10 @@ METHODS: tuple[Method, ...] = (
         package="fmlab.rsparse",
         summary="R-Sparse: training-free activation sparsity (sparse channels + low-rank rest).",
         quick_bench="fmlab.rsparse.bench:quick",
-        demo_says="made the bundled SmolLM2-135M 50% activation-sparse without training "
-        "(R-Sparse, a one-generation search) and measured perplexity on a few hundred held-out "
-        "tokens against dense and TEAL; a search this short is not the shipped recipe",
+        demo_says="made the bundled SmolLM2-135M, cut to its first 2 layers for speed, 50% "
+        "activation-sparse without training (R-Sparse, a one-generation search; alpha and the "
+        "finalist chosen on validation text) and measured perplexity on a few hundred unseen "
+        "tokens against dense, TEAL and CATS; a search this short is not the shipped recipe",
         full_bench="fmlab rsparse bench",
         full_bench_time="about 65 min on 2 cores (quality about 45, speed about 20 on a quiet CPU)",
         record="rsparse/quality.json",

@@ -83,9 +83,11 @@ class QualityConfig:
 
     @classmethod
     def quick(cls) -> QualityConfig:
+        # windows of 128 tokens: the test text gives 3 of them, the bootstrap's minimum items
         return cls(sparsities=(0.5,), calib_windows=1, search_tokens=128, greedy_tokens=64,
-                   greedy_step=0.1, val_tokens=256, test_tokens=512, uniform_alphas=(1.0, 0.9),
-                   population=3, generations=1, probes=False, measure_eval_rss=False)  # fmt: skip
+                   greedy_step=0.1, val_tokens=128, test_tokens=384, window=128, stride=128,
+                   uniform_alphas=(1.0, 0.9), population=3, generations=1, probes=False,
+                   measure_eval_rss=False)  # fmt: skip
 
 
 @torch.no_grad()
@@ -425,9 +427,36 @@ def _plot_quality(path: Path, cfg, ppl, dense_ppl, ymax: float = 1000.0) -> Path
     return save_figure(fig, plt, path)
 
 
+def _cut_model(layers: int, out: Path) -> str:
+    """The bundled SmolLM2 cut to its first ``layers`` decoder layers, saved once under ``out``
+    (with its tokenizer): the quick bench's model, so that every stage runs in seconds."""
+    path = out / f".smollm2-first-{layers}-layers"
+    if not (path / "config.json").is_file():
+        from fmlab.core.io import atomic_dir
+
+        model, tok = load_model("smollm2-135m-instruct")
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+        with atomic_dir(path, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    return str(path)
+
+
 def quick(out_dir: str | Path):
-    """A small version for `fmlab demo`: one sparsity, a tiny search (claims nothing)."""
-    return run_quality(out_dir, QualityConfig.quick(), log=lambda *_: None)
+    """A small version for `fmlab demo`: SmolLM2 cut to its first 2 layers, one sparsity, a
+    tiny search (claims nothing)."""
+    out = Path(out_dir)
+    return run_quality(out, quick_config(out), log=lambda *_: None)
+
+
+def quick_config(out_dir: str | Path) -> QualityConfig:
+    """:meth:`QualityConfig.quick` on the bundled SmolLM2 cut to 2 layers (saved in ``out_dir``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return replace(QualityConfig.quick(), model=_cut_model(2, out))
 
 
 def with_overrides(cfg: QualityConfig, **kw) -> QualityConfig:

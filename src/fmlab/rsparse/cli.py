@@ -291,7 +291,7 @@ def bench(
     """Perplexity on unseen text for every method and protocol, and decode/prefill speed.
 
     Records, plots and the chosen recipes go to --out only (never into the package)."""
-    from fmlab.rsparse.bench import QualityConfig, run_quality, with_overrides
+    from fmlab.rsparse.bench import QualityConfig, quick_config, run_quality, with_overrides
     from fmlab.rsparse.speed import SpeedConfig, run_speed
     from fmlab.rsparse.speed import with_overrides as speed_overrides
 
@@ -302,7 +302,7 @@ def bench(
         fail(f"--repeats must be at least {2 if quick else 5} (the median of the repeats)")
     out = bench_out("rsparse", out, quick)
     if not speed_only:
-        cfg = QualityConfig.quick() if quick else QualityConfig()
+        cfg = quick_config(out) if quick else QualityConfig()
         cfg = with_overrides(cfg, calib_text=str(calib_text) if calib_text else None)
         rec = run_quality(out, cfg, log=_log)
         typer.echo(
