@@ -32,7 +32,14 @@ import numpy as np
 import torch
 
 from fmlab.core.cliutil import log as log_stderr
-from fmlab.core.experiment import compare, format_delta, interval_plot, record_fields, run_arms
+from fmlab.core.experiment import (
+    compare,
+    format_delta,
+    interval_plot,
+    paired,
+    record_fields,
+    run_arms,
+)
 from fmlab.core.io import Memo
 from fmlab.core.results import ResultRecord, figure, save_figure, write_record
 from fmlab.tempo.dense import dense_splits, preconditions, score
@@ -72,7 +79,7 @@ def _default_train() -> TrainConfig:
         stages=(("align", 400, 64), ("qa-pretrain", 300, 256), ("long-sft", 100, 1024)),
         batch=8,
         videos="dense",
-        video_pool=256,
+        video_pool=128,  # 172k distinct frames over the 3 lengths: their features fit the cache
         checkpoint_every=25,
     )
 
@@ -180,9 +187,10 @@ def _design(splits, cfg: DenseBenchConfig, work: Path, memo: Memo, log) -> dict:
         with splits.design(f"frame encoder on dev ({enc})"):
             res = score(tempo, list(splits["dev"]), "tempo", tuple(budgets.values()))
         acc = {str(r): float(np.mean(res[b]["correct"])) for r, b in budgets.items()}
+        items = [x for b in budgets.values() for x in res[b]["correct"]]  # (budget, question)
         out[enc] = memo.put(f"design/{enc}", {
             "preconditions": pre, "dev_tempo_accuracy": acc,
-            "dev_tempo_mean": float(np.mean(list(acc.values()))),
+            "dev_tempo_mean": float(np.mean(list(acc.values()))), "dev_tempo_items": items,
         })  # fmt: skip
         log(f"dev, {enc}: (a) {pre['a_holds']} (b) {pre['b_holds']}, tempo accuracy {acc}")
     return out
@@ -240,6 +248,19 @@ def run(
              "using no more tokens than B.")  # fmt: skip
     enc_note = ", ".join(f"{e} {design[e]['dev_tempo_mean']:.3f}" for e in cfg.encoders)
     notes = [f"frame encoder chosen on dev by Tempo's mean dev accuracy: {chosen} ({enc_note})"]
+    if len(cfg.encoders) == 2:  # which reads frames better, on dev, with its interval
+        e1, e2 = cfg.encoders
+        p = paired(
+            items_a=design[e1]["dev_tempo_items"],
+            items_b=design[e2]["dev_tempo_items"],
+            names=(e1, e2),
+            metric="dev Tempo accuracy over budgets",
+            headline=False,
+        )
+        metrics["encoder_comparison_on_dev"] = p.to_dict()
+        better = e1 if p.main.lo > 0 else e2 if p.main.hi < 0 else None
+        shown = f"{better} is better" if better else "neither is shown better (chosen by mean)"
+        notes.append(f"{e1} − {e2} on dev: {format_delta(p)}: {shown}")
     failed = [p for p in ("a", "b") if not pre[f"{p}_holds"]]
     if failed and not cfg.gate and not design_only:
         notes.append(
