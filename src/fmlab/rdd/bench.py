@@ -20,13 +20,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fmlab.core.cliutil import log as log_stderr
-from fmlab.core.experiment import Splits, compare, format_delta, record_fields, run_arms, tune
+from fmlab.core.experiment import (
+    Splits,
+    compare,
+    format_delta,
+    record_fields,
+    run_arms,
+    tune,
+)
 from fmlab.core.io import Memo
 from fmlab.core.results import (
     ResultRecord,
@@ -452,7 +459,3 @@ def run_scaling(
 def quick(out_dir: str | Path) -> ResultRecord:
     """The ~1-minute version used by `fmlab demo` (one seed, small sets: runs, claims nothing)."""
     return run_arena(out_dir, ArenaConfig.quick(), log=lambda *_: None)
-
-
-def with_overrides(cfg: ArenaConfig, **kw) -> ArenaConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

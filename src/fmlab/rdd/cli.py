@@ -272,7 +272,8 @@ def bench(
     scaling: bool = typer.Option(True, help="also time segmentation for N = 100 .. 10,000"),
 ) -> None:
     """The arena reproduction (RDD vs UVD vs uniform vs random) and the scaling record."""
-    from fmlab.rdd.bench import ArenaConfig, run_arena, run_scaling, with_overrides
+    from fmlab.core.experiment import with_overrides
+    from fmlab.rdd.bench import ArenaConfig, run_arena, run_scaling
 
     cfg = ArenaConfig.quick() if quick else ArenaConfig()
     out = bench_out("rdd", out, quick)

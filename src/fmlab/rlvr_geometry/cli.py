@@ -156,7 +156,8 @@ def bench_cmd(
     model: str = typer.Option(None, help="the base (default: the bundled SmolLM2-135M)"),
 ) -> None:
     """RL vs SFT from one base and the interventions of the three gates (docs/rlvr_geometry.md)."""
-    from fmlab.rlvr_geometry.study import StudyConfig, run_study, with_overrides
+    from fmlab.core.experiment import with_overrides
+    from fmlab.rlvr_geometry.study import StudyConfig, run_study
 
     out = bench_out("rlvr_geometry", out, quick)
     cfg = StudyConfig.quick() if quick else StudyConfig()

@@ -27,7 +27,7 @@ MiLoRA, fixed-mask sparse RL; :class:`fmlab.core.rl.MasterAdamW` takes the masks
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -441,7 +441,3 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
 def quick(out_dir: str | Path) -> ResultRecord:
     """The pipeline on a tiny random model in a few steps (claims nothing)."""
     return run_study(out_dir, StudyConfig.quick(), log=lambda *_: None)
-
-
-def with_overrides(cfg: StudyConfig, **kw) -> StudyConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

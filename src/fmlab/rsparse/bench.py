@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from fmlab.core.cliutil import log as _log
-from fmlab.core.experiment import compare, format_delta, record_fields, run_arms, tune
+from fmlab.core.experiment import (
+    compare,
+    format_delta,
+    record_fields,
+    run_arms,
+    tune,
+)
 from fmlab.core.io import Memo
 from fmlab.core.results import ResultRecord, Timer, figure, peak_rss_mb, save_figure, write_record
 from fmlab.rsparse.cats import calibrate_cats, cats_sparsify, set_cats_protocol
@@ -457,7 +463,3 @@ def quick_config(out_dir: str | Path) -> QualityConfig:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return replace(QualityConfig.quick(), model=_cut_model(2, out))
-
-
-def with_overrides(cfg: QualityConfig, **kw) -> QualityConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

@@ -291,9 +291,9 @@ def bench(
     """Perplexity on unseen text for every method and protocol, and decode/prefill speed.
 
     Records, plots and the chosen recipes go to --out only (never into the package)."""
-    from fmlab.rsparse.bench import QualityConfig, quick_config, run_quality, with_overrides
+    from fmlab.core.experiment import with_overrides
+    from fmlab.rsparse.bench import QualityConfig, quick_config, run_quality
     from fmlab.rsparse.speed import SpeedConfig, run_speed
-    from fmlab.rsparse.speed import with_overrides as speed_overrides
 
     if speed_only and quality_only:
         fail("--speed-only and --quality-only exclude each other")
@@ -309,6 +309,6 @@ def bench(
             f"quality: ppl@50 {rec.metrics.get('ppl@50')} (dense {rec.metrics['dense_ppl']:.3f})"
         )
     if not quality_only:
-        scfg = speed_overrides(SpeedConfig.quick() if quick else SpeedConfig(), repeats=repeats)
+        scfg = with_overrides(SpeedConfig.quick() if quick else SpeedConfig(), repeats=repeats)
         rec = run_speed(out, scfg, log=_log)
         typer.echo(f"speed: decode x{rec.metrics['decode_speedup_vs_dense']:.2f} vs dense")

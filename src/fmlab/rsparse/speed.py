@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -364,7 +364,3 @@ def _threading_layer() -> str | None:
         return numba.threading_layer()
     except Exception:  # no parallel region has run (e.g. every cell at 1 thread)
         return None
-
-
-def with_overrides(cfg: SpeedConfig, **kw) -> SpeedConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

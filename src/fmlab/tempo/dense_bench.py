@@ -143,14 +143,19 @@ class DenseBenchConfig:
 
 def _stack(work: Path, cfg: DenseBenchConfig, encoder: str, kind: str, seed: int, log):
     """One trained stack (checkpointed under ``work``: an interrupted training resumes)."""
+    from fmlab.core.experiment import content_hash
+
     model = replace(cfg.model, frame_features=encoder)
-    out = work / f"{encoder}-{kind}-seed{seed}"
+    train = replace(cfg.train, seed=seed)
+    # the folder names what was trained, so a changed schedule or model trains anew
+    tag = content_hash({"model": asdict(model), "train": asdict(train)})[:10]
+    out = work / f"{encoder}-{kind}-seed{seed}-{tag}"
     if (out / "tempo.json").is_file():
         from fmlab.tempo.pipeline import Stack
 
         return Stack.load(out)
     t0 = time.perf_counter()
-    stack = train_stack(kind, out / "work", replace(cfg.train, seed=seed), model, log=log)
+    stack = train_stack(kind, out / "work", train, model, log=log)
     stack.save(out, {"train_seconds": time.perf_counter() - t0})
     return stack
 
@@ -321,7 +326,8 @@ def run(
     s = runs.summary()
     metrics.update({"tempo": s["tempo"], "status": "arms compared on test"})
     plots = [_plot(out / "long_video.png", runs, cfg).name]
-    plots.append(interval_plot(out / "long_video_intervals.png", intervals).name)
+    if intervals:
+        plots.append(interval_plot(out / "long_video_intervals.png", intervals).name)
     per_seed = {a: {str(sd): {k: v for k, v in runs.values[a][sd].items() if
                               not k.startswith("items@")} for sd in runs.seeds}
                 for a in runs.values}  # fmt: skip

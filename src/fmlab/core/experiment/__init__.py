@@ -12,7 +12,7 @@
 """
 
 from fmlab.core.experiment.arms import ArmRuns, run_arms
-from fmlab.core.experiment.record import interval_plot, record_fields
+from fmlab.core.experiment.record import interval_plot, record_fields, with_overrides
 from fmlab.core.experiment.splits import (
     SealedSplitError,
     Split,
@@ -62,4 +62,5 @@ __all__ = [
     "t_interval",
     "timeit_interleaved",
     "tune",
+    "with_overrides",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,9 @@ def interval_plot(path: str | os.PathLike, intervals: Iterable[Paired], title: s
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return save_figure(fig, plt, path)
+
+
+def with_overrides(cfg, **kw):
+    """``dataclasses.replace(cfg, ...)`` with the keywords that are not None (a CLI's unset
+    options keep the config's defaults)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
