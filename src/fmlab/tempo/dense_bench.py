@@ -233,7 +233,7 @@ def run(
     torch.set_num_threads(cfg.threads)
     splits = dense_splits(cfg.split_seed, cfg.n_dev, cfg.n_test, cfg.n_frames,
                           dev_seeds=(cfg.dev_seed,), test_seeds=cfg.test_seeds)  # fmt: skip
-    key = {k: v for k, v in asdict(cfg).items() if k != "arms"}
+    key = {k: v for k, v in asdict(cfg).items() if k not in ("arms", "threads")}
     memo = Memo(work / "memo.json", key, log=log)
     design = _design(splits, cfg, work, memo, log)
     chosen = max(cfg.encoders, key=lambda e: design[e]["dev_tempo_mean"])
