@@ -78,6 +78,7 @@ def _default_train() -> TrainConfig:
     return TrainConfig(
         stages=(("align", 400, 64), ("qa-pretrain", 300, 256), ("long-sft", 100, 1024)),
         batch=8,
+        budgets_per_segment=(1, 2, 4, 8, 16, 32),  # up to M = 32: the bench's 4 tokens/frame
         videos="dense",
         video_pool=128,  # 172k distinct frames over the 3 lengths: their features fit the cache
         checkpoint_every=25,
