@@ -191,6 +191,10 @@ def test_verdict_needs_every_interval_on_one_side():
     assert "LOSES" in verdicts({"a": iv((-0.05, -0.01), (-0.07, -0.002))})[0]
     assert "not shown" in verdicts({"a": iv((-0.05, -0.005), (-0.075, 0.018))})[0]
     assert "wins" in verdicts({"a": iv((0.01, 0.05), (0.02, 0.04))})[0]
+    other = {**iv((0.01, 0.05), (0.02, 0.04)), "a": "rdd-k/state-cnn", "b": "uniform/state-cnn"}
+    assert verdicts({"a": other})[0].startswith(
+        "standard/miou: RDD-K (state-cnn) wins over uniform"
+    )
 
 
 @pytest.mark.parametrize(

@@ -353,20 +353,21 @@ def _run_arena(out_dir: str | Path, cfg: ArenaConfig, log) -> ResultRecord:
         ],
         **fields,
     )
-    rec.notes += verdicts(fields["intervals"])
+    rec.notes += verdicts(fields["intervals"], cfg.headline_encoder)
     rec.notes += causes(summary, cfg, duration_cv)
     rec.wall_s = t.s
     write_record(rec, out / "arena.json")
     return rec
 
 
-def verdicts(intervals: dict) -> list[str]:
+def verdicts(intervals: dict, head: str = "efficientnet-lite0") -> list[str]:
     """One note per paired comparison (``intervals`` as the record holds them): RDD wins or
     loses only where every interval it has (per-seed t, needing 2+ seeds; per-demo bootstrap)
     excludes 0."""
     out = []
     for iv in intervals.values():
-        a, b, m = iv["a"].split("/")[0].upper(), iv["b"].split("/")[0], iv["metric"]
+        (a, enc), (b, _), m = iv["a"].split("/"), iv["b"].split("/"), iv["metric"]
+        a = a.upper() + ("" if enc == head else f" ({enc})")  # the encoder, where not the headline
         have = {k: iv[k] for k in ("per_seed", "per_item") if iv.get(k)}
         # every interval must exclude 0 on the same side: the smallest lower and largest upper
         lo, hi = min(x["lo"] for x in have.values()), max(x["hi"] for x in have.values())
