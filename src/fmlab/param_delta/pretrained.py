@@ -19,6 +19,8 @@ is their mean and ``paramdelta_over_oracle`` its ratio. Arms x seeds through
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import tempfile
@@ -49,16 +51,19 @@ CLAIM = (
 @dataclass
 class PretrainedConfig:
     model: str = "smollm2-135m-instruct"  # the bundled model, or any local HF dir
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2)  # test seeds: run once, for the record
+    # The settings below were chosen on dev seed 100 (one probe: Θ_post reached skill 0.77
+    # from 0, Θ'_base learned the facts); no test seed was looked at before the record.
+    dev_seeds: tuple[int, ...] = (100,)
     n_entities: int = 40
     docs_per_entity: int = 6
     n_skill_train: int = 400
     n_eval: int = 60
     sft_steps: int = 150
-    cpt_steps: int = 150
+    cpt_steps: int = 100
     batch_size: int = 8
-    seq_len: int = 128
-    sft_lr: float = 2e-5
+    seq_len: int = 64  # continued-pretraining block length (the statements are ~7 tokens)
+    sft_lr: float = 5e-5
     cpt_lr: float = 5e-5
     lora_rank: int | None = None  # None: full fine-tunes; else LoRA fine-tunes merged back
 
@@ -147,6 +152,14 @@ def _knowledge_acc(model, tok, items) -> float:
     ) / len(items)
 
 
+def _ckpt_dir(cfg: PretrainedConfig, work: Path, seed: int, arm: str) -> Path:
+    """Checkpoints live under a hash of everything that shapes them: a changed config trains
+    anew instead of reusing stale models."""
+    shaping = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "dev_seeds")}
+    h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+    return work / f"models-{h}" / f"seed{seed}_{arm}"
+
+
 def _models_for_seed(cfg: PretrainedConfig, seed: int, work: Path, log) -> dict[str, Path]:
     from transformers import AutoTokenizer
 
@@ -160,7 +173,7 @@ def _models_for_seed(cfg: PretrainedConfig, seed: int, work: Path, log) -> dict[
     docs = [Document(x["prompt"], x["text"], "facts") for x in d["knowledge_text"]]
     cpt = BlockSampler(pack_documents(tok, docs * cfg.docs_per_entity, cfg.seq_len), seed=seed)
     out = {"base": base}
-    paths = {k: work / f"seed{seed}_{k}" for k in ("post", "new_base", "oracle", "paramdelta")}
+    paths = {k: _ckpt_dir(cfg, work, seed, k) for k in ("post", "new_base", "oracle", "paramdelta")}
     if not paths["post"].is_dir():
         _fit(base, paths["post"], sft, cfg.sft_steps, cfg.sft_lr, cfg, seed)
     if not paths["new_base"].is_dir():
@@ -240,7 +253,14 @@ def run_pretrained(
             "Θ_base (bundled model)": summary["base"],
         },
         headline=["skill_acc", "knowledge_acc", "paramdelta_over_oracle"],
-        notes=["Every arm is scored on the same held-out sums and the same new facts per seed."],
+        notes=[
+            "Every arm is scored on the same held-out sums and the same new facts per seed.",
+            "skill test sums are disjoint from the skill fine-tune's (checked at run time); the "
+            "knowledge items are the continued-pretraining facts themselves by design: "
+            "knowledge_acc asks whether a model holds the new facts, not whether it generalizes.",
+            f"Settings chosen on dev seeds {list(cfg.dev_seeds)}; test seeds {list(cfg.seeds)} "
+            "were run once, for this record.",
+        ],
         **record_fields(splits, None, intervals),
     )
     rec.wall_s = total.s
