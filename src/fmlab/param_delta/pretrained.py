@@ -132,7 +132,7 @@ def _fit(src, dst: Path, sampler, steps: int, lr: float, cfg: PretrainedConfig, 
     return dst
 
 
-def _skill_acc(model, tok, items) -> float:
+def _skill_hits(model, tok, items) -> list[float]:
     outs = generate(model, tok, [x["prompt"] for x in items], max_new_tokens=12, chat=True)
     task = AdditionTask(digits=3, min_carries=1)
     ok = [
@@ -142,14 +142,15 @@ def _skill_acc(model, tok, items) -> float:
             for x, o in zip(items, outs, strict=True)
         )
     ]
-    return sum(ok) / len(ok)
+    return [float(x) for x in ok]
 
 
-def _knowledge_acc(model, tok, items) -> float:
+def _knowledge_hits(model, tok, items) -> list[float]:
     outs = generate(model, tok, [x["prompt"] for x in items], max_new_tokens=4, chat=False)
-    return sum(
-        re.findall(r"[A-Za-z]+", o)[:1] == [x["answer"]] for x, o in zip(items, outs, strict=True)
-    ) / len(items)
+    return [
+        float(re.findall(r"[A-Za-z]+", o)[:1] == [x["answer"]])
+        for x, o in zip(items, outs, strict=True)
+    ]
 
 
 def _ckpt_dir(cfg: PretrainedConfig, work: Path, seed: int, arm: str) -> Path:
@@ -204,7 +205,7 @@ def run_pretrained(
         work = tmp.name
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    memo = Memo(work / "memo.json", key=asdict(cfg), log=log)
+    memo = Memo(work / "memo.json", key={**asdict(cfg), "eval": 2}, log=log)  # 2: per-item hits
     cache: dict[int, dict] = {}
     splits = Splits.build(
         make_splits, seed=cfg.seeds[0], key=lambda x: x["prompt"], test_seeds=tuple(cfg.seeds),
@@ -220,8 +221,10 @@ def run_pretrained(
         path = cache[seed][arm]
         d = make_splits(seed, cfg.n_entities, cfg.n_skill_train, cfg.n_eval)
         model, tok = _load(path), AutoTokenizer.from_pretrained(path)
-        s, k = _skill_acc(model, tok, d["test"]), _knowledge_acc(model, tok, d["knowledge"])
-        return {"skill_acc": s, "knowledge_acc": k, "score": (s + k) / 2}
+        sh, kh = _skill_hits(model, tok, d["test"]), _knowledge_hits(model, tok, d["knowledge"])
+        s, k = sum(sh) / len(sh), sum(kh) / len(kh)
+        return {"skill_acc": s, "knowledge_acc": k, "score": (s + k) / 2, "skill_items": sh,
+                "knowledge_items": kh}  # fmt: skip
 
     with Timer() as total:
         runs = run_arms(list(ARMS), cfg.seeds, evaluate, memo, log=log)
@@ -232,7 +235,23 @@ def run_pretrained(
             runs.per_seed("paramdelta", "score"), runs.per_seed("oracle", "score"), strict=True
         )
     ]
-    intervals = [compare(runs, "paramdelta", "oracle", "score")] if len(cfg.seeds) > 1 else []
+    # Paired intervals: per seed (t) and per scored item (bootstrap; each seed has its own
+    # sums and facts, so items are resampled on their own).
+    pairs = [
+        ("paramdelta", "oracle", "score", None, True),
+        ("paramdelta", "oracle", "skill_acc", "skill_items", True),
+        ("paramdelta", "oracle", "knowledge_acc", "knowledge_items", True),
+        ("paramdelta", "post", "skill_acc", "skill_items", False),
+        ("paramdelta", "new_base", "knowledge_acc", "knowledge_items", False),
+    ]
+    intervals = (
+        [
+            compare(runs, a, b, m, items=it, headline=h, items_across_seeds="distinct")
+            for a, b, m, it, h in pairs
+        ]
+        if len(cfg.seeds) > 1
+        else []
+    )
     rec = ResultRecord(
         method="param_delta",
         claim=CLAIM,
