@@ -256,8 +256,11 @@ class _Workspace:
     bf16 checkpoint, reusing buffers with explicit ``copy_`` conversions made the arithmetic ~6x
     faster (82 -> 14 ms per 16 M elements on 2 cores).
 
-    With ``finite`` (a :class:`FiniteCheck`), every block read is checked for NaN/Inf as it
-    arrives, so the check costs no extra pass over the inputs."""
+    With ``finite`` (a :class:`FiniteCheck`), :func:`_compute_rows` checks each result block
+    once: a NaN or Inf in any input reaches the sum, so the inputs are rescanned (to name the
+    file and tensor) only for a block whose result is not finite. One reduction per block
+    instead of an ``isfinite`` pass over every input block: on a 1.6 GB bf16 model the
+    per-input check took 15.7-17.7 s of the merge, against 7.3-9.0 s without any check."""
 
     def __init__(self, dtype: torch.dtype, finite: FiniteCheck | None = None):
         self.dtype = dtype
@@ -271,10 +274,19 @@ class _Workspace:
         buf = self._bufs.get(slot)
         if buf is None or buf.numel() < n:
             buf = self._bufs[slot] = torch.empty(n, dtype=self.dtype)
-        v = buf[:n].view(t.shape).copy_(t)
-        if self.finite is not None and t.is_floating_point():
-            self.finite.check(src.name, key, v, rows)
-        return v
+        return buf[:n].view(t.shape).copy_(t)
+
+    def rescan(self, e: Entry, terms: list[Term], new_base: TensorSource, rows, sub) -> None:
+        """Check every input block behind one output block (the slow path, taken only when
+        that block's result is not finite) so the finding names the checkpoint and tensor."""
+        srcs = [(new_base, e.new_key, rows)]
+        if sub is None or sub[1] > sub[0]:
+            for t, (pk, bk) in zip(terms, e.keys, strict=True):
+                srcs += [(t.post, pk, sub), (t.base, bk, sub)]
+        for src, key, r in srcs:
+            v = self.load("scan", src, key, r)
+            if v.is_floating_point():
+                self.finite.check(src.name, key, v, r)
 
 
 class FiniteCheck:
@@ -357,9 +369,20 @@ def _compute_rows(e: Entry, terms: list[Term], new_base, ws: _Workspace, rows) -
             delta.sub_(ws.load("base", t.base, bk, sub))
             (out if n is None else out[:n]).add_(delta, alpha=t.scale)
     res = out.clone() if e.out.dtype == ws.dtype else out.to(e.out.dtype)
-    if ws.finite is not None:
+    if ws.finite is not None and res.is_floating_point() and not _all_finite(out, e.out.dtype):
+        ws.rescan(e, terms, new_base, rows, sub)
         ws.finite.check_output(e.name, res)
     return res
+
+
+def _all_finite(out: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """Whether a compute-dtype block is finite and fits ``out_dtype`` (one min/max reduction,
+    which NaN propagates through; a value above the output type's largest rounds to Inf)."""
+    if out.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(out)
+    lim = torch.finfo(out_dtype).max
+    return bool(torch.isfinite(lo) & torch.isfinite(hi)) and -float(lo) <= lim and float(hi) <= lim
 
 
 def _iter_outputs(
