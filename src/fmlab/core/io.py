@@ -282,6 +282,12 @@ def _apply_umask_tree(root: Path) -> None:
             _apply_umask(Path(dirpath) / f)
 
 
+def json_digest(obj: Any, length: int = 12) -> str:
+    """A short SHA-256 of ``obj`` as canonical JSON: a folder or memo name that changes when a
+    configuration does."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()

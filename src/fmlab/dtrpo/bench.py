@@ -20,7 +20,6 @@ training comparison with every arm tuned alike and the test split opened once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -40,7 +39,7 @@ from fmlab.core.experiment import (
     run_arms,
     tune,
 )
-from fmlab.core.io import Memo, atomic_write_json, read_json
+from fmlab.core.io import Memo, atomic_write_json, json_digest, read_json
 from fmlab.core.results import ResultRecord, figure, mean_std, save_figure, write_record
 from fmlab.core.train import TrainConfig
 from fmlab.dtrpo.data import PairSet, check_disjoint, dtrpo_splits, make_pairs, take
@@ -107,10 +106,6 @@ class BenchConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
-
-
 class _Bench:
     """The bench's stages over one set of splits, each cached under ``work``."""
 
@@ -120,8 +115,8 @@ class _Bench:
         self.prompts = take(splits["pairs"], cfg.n_pair_prompts)
         self.probe = take(splits["val"], min(cfg.n_test, 50))  # logged while pre-training
         fields_ = ("size", "pretrain_steps", "pretrain_batch", "pretrain_lr", "n_train")
-        self.ref_key = _digest([cfg.to_dict()[f] for f in fields_])
-        self.pair_key = _digest([self.ref_key, cfg.n_pair_prompts, cfg.k])
+        self.ref_key = json_digest([cfg.to_dict()[f] for f in fields_], 10)
+        self.pair_key = json_digest([self.ref_key, cfg.n_pair_prompts, cfg.k], 10)
         self.pair_checks: dict[int, dict] = {}
         self._refs: dict[int, DLLM] = {}
 

@@ -19,8 +19,6 @@ is their mean and ``paramdelta_over_oracle`` its ratio. Arms x seeds through
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 import tempfile
@@ -33,7 +31,7 @@ from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.data import AdditionTask, Document, encode_chat_sft, make_fact_world, pack_documents
 from fmlab.core.evaluate import generate
 from fmlab.core.experiment import Splits, compare, record_fields, run_arms
-from fmlab.core.io import Memo
+from fmlab.core.io import Memo, json_digest
 from fmlab.core.results import ResultRecord, Timer, mean_std, write_record
 from fmlab.core.train import BlockSampler, TensorSampler, TrainConfig, train
 from fmlab.param_delta.delta import param_delta
@@ -157,8 +155,7 @@ def _ckpt_dir(cfg: PretrainedConfig, work: Path, seed: int, arm: str) -> Path:
     """Checkpoints live under a hash of everything that shapes them: a changed config trains
     anew instead of reusing stale models."""
     shaping = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "dev_seeds")}
-    h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
-    return work / f"models-{h}" / f"seed{seed}_{arm}"
+    return work / f"models-{json_digest(shaping)}" / f"seed{seed}_{arm}"
 
 
 def _models_for_seed(cfg: PretrainedConfig, seed: int, work: Path, log) -> dict[str, Path]:
