@@ -88,6 +88,42 @@ def test_nan_and_inf_named_exit_2_nothing_written(tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_nan_in_the_base_is_named_exit_2_nothing_written(tmp_path):
+    dirs = _triplet(tmp_path)
+    _rewrite(dirs["base"], lambda sd: sd[Q].__setitem__((1, 2), float("nan")))
+    res = _cli(dirs, tmp_path / "out")
+    assert res.exit_code == 2, res.output
+    assert "base (" in res.output and Q in res.output and "1 NaN" in res.output
+    assert "Traceback" not in res.output
+    _nothing_written(tmp_path)
+
+
+def test_a_tensor_missing_from_an_input_is_named_exit_2_nothing_written(tmp_path):
+    dirs = _triplet(tmp_path)
+    _rewrite(dirs["new"], lambda sd: sd.pop(Q))
+    res = _cli(dirs, tmp_path / "out")
+    assert res.exit_code == 2, res.output
+    assert "missing from new base (" in res.output and Q in res.output
+    assert "new base (new base" not in res.output
+    assert "Traceback" not in res.output
+    _nothing_written(tmp_path)
+
+
+def test_zero_dim_tensors_through_files_and_the_cli(tmp_path):
+    dirs = _triplet(tmp_path)
+    for name, v in (("base", 2.0), ("post", 5.0), ("new", 1.0)):
+        _rewrite(dirs[name], lambda sd, v=v: sd.__setitem__("logit_scale", torch.tensor(v)))
+    res = _cli(dirs, tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert got["logit_scale"].shape == () and got["logit_scale"].item() == pytest.approx(4.0)
+    # a NaN in a 0-dim tensor is named like any other, and nothing is written
+    _rewrite(dirs["post"], lambda sd: sd.__setitem__("logit_scale", torch.tensor(float("nan"))))
+    res = _cli(dirs, tmp_path / "out2")
+    assert res.exit_code == 2 and "logit_scale" in res.output and "1 NaN" in res.output
+    assert not (tmp_path / "out2").exists()
+
+
 def test_output_overflow_is_refused(tmp_path):
     dirs = _triplet(tmp_path)
     _rewrite(dirs["post"], lambda sd: sd[Q].__setitem__((0, 0), 1e6))

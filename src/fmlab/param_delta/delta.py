@@ -194,7 +194,7 @@ def plan_terms(
             for src, key in ((post, pk), (base, bk)):
                 if key is None:
                     problems.append(
-                        f"tensor {name!r} is in the new base ({new_base.name}) but missing from {src.name}"
+                        f"tensor {name!r} is in {new_base.name} but missing from {src.name}"
                     )
             if pk is None or bk is None:
                 complete = False
@@ -240,7 +240,9 @@ def plan_terms(
                     )
                 continue
             problems.append(
-                f"tensor {k!r} is in {src.name} but not in the new base ({new_base.name})"
+                f"tensor {k!r} is in {src.name} but missing from {new_base.name}; the output is "
+                "laid out like the new base, so a tensor it lacks has nowhere to go (check "
+                "that the three inputs are the same architecture)"
             )
     if problems:
         raise ParamDeltaError(problems)

@@ -30,13 +30,20 @@ import torch
 from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.data import AdditionTask, Document, encode_chat_sft, make_fact_world, pack_documents
 from fmlab.core.evaluate import generate
-from fmlab.core.experiment import Splits, compare, record_fields, run_arms
+from fmlab.core.experiment import Splits, compare, record_fields, run_arms, t_interval
 from fmlab.core.io import Memo, json_digest
 from fmlab.core.results import ResultRecord, Timer, mean_std, write_record
 from fmlab.core.train import BlockSampler, TensorSampler, TrainConfig, train
 from fmlab.param_delta.delta import param_delta
 
-__all__ = ["ARMS", "PretrainedConfig", "make_splits", "run_pretrained"]
+__all__ = [
+    "ARMS",
+    "PretrainedConfig",
+    "build_splits",
+    "delta_geometry",
+    "make_splits",
+    "run_pretrained",
+]
 
 ARMS = ("paramdelta", "oracle", "post", "new_base", "base")
 CLAIM = (
@@ -86,16 +93,65 @@ def make_splits(seed: int, n_entities: int, n_skill_train: int, n_eval: int) -> 
     return {
         "train": [{"prompt": e.prompt, "answer": e.answer, "meta": e.meta} for e in skill[n_eval:]],
         "test": [{"prompt": e.prompt, "answer": e.answer, "meta": e.meta} for e in skill[:n_eval]],
+        # The probe is the trained sentence's own prefix (the first phrasing, the only one
+        # trained): it asks whether a model holds the fact as it was written.
         "knowledge": [
-            {"prompt": f.prefix(), "answer": f.value, "statement": f.statement(0)}
+            {
+                "prompt": f.prefix(),
+                "answer": f.value,
+                "statement": f.statement(0),
+                "fact": _fact_id(f),
+            }
+            for f in facts[: max(n_eval, 1)]
+        ],  # fmt: skip
+        # The same facts in a phrasing never trained (a diagnostic, not a headline metric).
+        "knowledge_para": [
+            {"prompt": _prefix(f, 1), "answer": f.value, "fact": _fact_id(f)}
             for f in facts[: max(n_eval, 1)]
         ],
+        # The continued-pretraining text: one phrasing of every fact (repeated docs_per_entity
+        # times by the sampler).
         "knowledge_text": [
-            {"prompt": f"{f.entity}/{f.relation}/{k}", "text": f.statement(k % 8)}
+            {"prompt": f"{f.entity}/{f.relation}/0", "text": f.statement(0), "fact": _fact_id(f)}
             for f in facts
-            for k in range(1)
         ],
     }
+
+
+def _fact_id(f) -> str:
+    return f"{f.entity}/{f.relation}"
+
+
+def _prefix(f, variant: int) -> str:
+    """Phrasing ``variant`` of a fact cut before its value ("The home of X is")."""
+    from fmlab.core.data.facts import STATEMENT_VARIANTS
+
+    forms = STATEMENT_VARIANTS[f.relation]
+    return forms[variant % len(forms)].split("{v}")[0].format(e=f.entity).rstrip()
+
+
+def _split_key(item: dict) -> str:
+    """What identifies an item for the disjointness check: the fact for knowledge items (so a
+    probe of a trained fact counts as overlap however it is worded), the prompt otherwise."""
+    return item.get("fact") or item["prompt"]
+
+
+# The knowledge probes are the trained facts by design (counted in the record, not raised).
+KNOWLEDGE_OVERLAP = (
+    ("knowledge", "knowledge_text"),
+    ("knowledge_para", "knowledge_text"),
+    ("knowledge", "knowledge_para"),
+)
+
+
+def build_splits(cfg: PretrainedConfig, seed: int) -> Splits:
+    """One seed's splits, checked: skill test sums never in the skill fine-tune, and every
+    knowledge/knowledge-text overlap counted by fact."""
+    return Splits.build(
+        make_splits, seed=seed, key=_split_key, dev_seeds=tuple(cfg.dev_seeds),
+        test_seeds=tuple(cfg.seeds), allow_overlap=KNOWLEDGE_OVERLAP,
+        n_entities=cfg.n_entities, n_skill_train=cfg.n_skill_train, n_eval=cfg.n_eval,
+    )  # fmt: skip
 
 
 def _load(path):
@@ -158,6 +214,38 @@ def _ckpt_dir(cfg: PretrainedConfig, work: Path, seed: int, arm: str) -> Path:
     return work / f"models-{json_digest(shaping)}" / f"seed{seed}_{arm}"
 
 
+@torch.no_grad()
+def delta_geometry(base, post, new_base, oracle) -> dict[str, float]:
+    """Whole-model geometry of the deltas (float64, tensor by tensor; names shared by all four).
+
+    Δ_post = Θ_post − Θ_base (the skill), Δ_update = Θ'_base − Θ_base (the new knowledge),
+    Δ_oracle = oracle − Θ'_base (the skill learned on the new base). Norms are Frobenius norms
+    over every shared tensor; a cosine is Σ⟨a, b⟩ / (‖a‖‖b‖) over the whole model."""
+    from fmlab.core.checkpoint import TensorSource
+
+    srcs = [TensorSource.open(x) for x in (base, post, new_base, oracle)]
+    names = [k for k in srcs[0].keys() if all(k in s for s in srcs[1:])]
+    acc = dict.fromkeys(("bb", "pp", "uu", "oo", "pu", "po"), 0.0)
+    for name in names:
+        b, p, n, o = (s.get(name).to(torch.float64).reshape(-1) for s in srcs)
+        dp, du, do = p - b, n - b, o - n
+        acc["bb"] += float(b @ b)
+        acc["pp"] += float(dp @ dp)
+        acc["uu"] += float(du @ du)
+        acc["oo"] += float(do @ do)
+        acc["pu"] += float(dp @ du)
+        acc["po"] += float(dp @ do)
+    nb, np_, nu, no = (acc[k] ** 0.5 for k in ("bb", "pp", "uu", "oo"))
+    return {
+        "tensors": len(names),
+        "post_delta_over_base": np_ / nb,
+        "update_delta_over_base": nu / nb,
+        "cosine_post_update": acc["pu"] / (np_ * nu),
+        "cosine_post_oracle": acc["po"] / (np_ * no),
+        "oracle_delta_over_post_delta": no / np_,
+    }
+
+
 def _models_for_seed(cfg: PretrainedConfig, seed: int, work: Path, log) -> dict[str, Path]:
     from transformers import AutoTokenizer
 
@@ -202,26 +290,34 @@ def run_pretrained(
         work = tmp.name
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    memo = Memo(work / "memo.json", key={**asdict(cfg), "eval": 2}, log=log)  # 2: per-item hits
+    memo = Memo(work / "memo.json", key={**asdict(cfg), "eval": 3}, log=log)  # 3: + paraphrase
     cache: dict[int, dict] = {}
-    splits = Splits.build(
-        make_splits, seed=cfg.seeds[0], key=lambda x: x["prompt"], test_seeds=tuple(cfg.seeds),
-        n_entities=cfg.n_entities, n_skill_train=cfg.n_skill_train, n_eval=cfg.n_eval,
-    )  # fmt: skip
-    splits.open_test()
+    # Every seed's splits are built and checked before anything trains; the record keeps
+    # each seed's digests and overlap counts.
+    by_seed = {sd: build_splits(cfg, sd) for sd in (*cfg.dev_seeds, *cfg.seeds)}
+    checked: dict[int, dict] = {}
+    for sd in cfg.seeds:
+        by_seed[sd].open_test()
+        checked[sd] = {n: list(by_seed[sd][n]) for n in by_seed[sd].names}
+    splits = by_seed[cfg.seeds[0]]
 
     def evaluate(arm, _settings, seed):
         from transformers import AutoTokenizer
 
         if seed not in cache:
-            cache[seed] = _models_for_seed(cfg, seed, work, log)
+            with Timer() as built:
+                cache[seed] = _models_for_seed(cfg, seed, work, log)
+            if f"models_s/{seed}" not in memo:  # the training time, kept across resumes
+                memo.put(f"models_s/{seed}", built.s)
         path = cache[seed][arm]
-        d = make_splits(seed, cfg.n_entities, cfg.n_skill_train, cfg.n_eval)
+        d = checked[seed]
         model, tok = _load(path), AutoTokenizer.from_pretrained(path)
         sh, kh = _skill_hits(model, tok, d["test"]), _knowledge_hits(model, tok, d["knowledge"])
+        ph = _knowledge_hits(model, tok, d["knowledge_para"])
         s, k = sum(sh) / len(sh), sum(kh) / len(kh)
         return {"skill_acc": s, "knowledge_acc": k, "score": (s + k) / 2, "skill_items": sh,
-                "knowledge_items": kh}  # fmt: skip
+                "knowledge_items": kh, "knowledge_para_acc": sum(ph) / len(ph),
+                "knowledge_para_items": ph}  # fmt: skip
 
     with Timer() as total:
         runs = run_arms(list(ARMS), cfg.seeds, evaluate, memo, log=log)
@@ -232,6 +328,15 @@ def run_pretrained(
             runs.per_seed("paramdelta", "score"), runs.per_seed("oracle", "score"), strict=True
         )
     ]
+    ratio = {**mean_std(ratios), "per_seed": ratios}
+    if len(ratios) > 1:  # per-seed t interval of the ratio itself (not of a difference)
+        iv = t_interval(ratios)
+        ratio["interval"] = {"lo": iv.lo, "hi": iv.hi, "level": iv.level, "method": iv.method}
+    geometry = {}
+    for sd in cfg.seeds:
+        m = cache.get(sd) or _models_for_seed(cfg, sd, work, log)
+        geometry[str(sd)] = delta_geometry(m["base"], m["post"], m["new_base"], m["oracle"])
+    models_s = {str(sd): memo.get(f"models_s/{sd}") for sd in cfg.seeds}
     # Paired intervals: per seed (t) and per scored item (bootstrap; each seed has its own
     # sums and facts, so items are resampled on their own).
     pairs = [
@@ -240,6 +345,7 @@ def run_pretrained(
         ("paramdelta", "oracle", "knowledge_acc", "knowledge_items", True),
         ("paramdelta", "post", "skill_acc", "skill_items", False),
         ("paramdelta", "new_base", "knowledge_acc", "knowledge_items", False),
+        ("paramdelta", "new_base", "knowledge_para_acc", "knowledge_para_items", False),
     ]
     intervals = (
         [
@@ -260,8 +366,17 @@ def run_pretrained(
             "skill": "3-digit addition with a carry, chat template, reply <answer>N</answer>",
             "new_knowledge": "statements about invented entities (fmlab.core.data.facts)",
             "command": "fmlab param-delta pretrained-bench",
+            "train_and_merge_s_per_seed": models_s,  # None: built by an earlier run's memo
+            "delta_geometry_per_seed": geometry,
+            "split_checks_per_seed": {
+                str(sd): {
+                    "digests": {n: v["digest"][:16] for n, v in sm["splits"].items()},
+                    "overlaps": sm["overlaps"],
+                }
+                for sd, sm in ((sd, by_seed[sd].summary()) for sd in by_seed)
+            },
         },
-        metrics={**summary["paramdelta"], "paramdelta_over_oracle": mean_std(ratios)},
+        metrics={**summary["paramdelta"], "paramdelta_over_oracle": ratio},
         baselines={
             "oracle (skill SFT on Θ'_base)": summary["oracle"],
             "Θ_post (skill SFT on Θ_base)": summary["post"],
@@ -271,9 +386,17 @@ def run_pretrained(
         headline=["skill_acc", "knowledge_acc", "paramdelta_over_oracle"],
         notes=[
             "Every arm is scored on the same held-out sums and the same new facts per seed.",
-            "skill test sums are disjoint from the skill fine-tune's (checked at run time); the "
-            "knowledge items are the continued-pretraining facts themselves by design: "
-            "knowledge_acc asks whether a model holds the new facts, not whether it generalizes.",
+            "skill test sums are disjoint from the skill fine-tune's, checked at run time for "
+            "every seed (dev and test; split_checks_per_seed). The knowledge items are the "
+            "continued-pretraining facts themselves by design, keyed by fact so the overlap is "
+            "counted (knowledge/knowledge_text = every probed fact): the probe is the trained "
+            "sentence's own prefix, so knowledge_acc asks whether a model holds the new facts "
+            "as written, not whether it generalizes. knowledge_para_acc asks the same facts in "
+            "a phrasing never trained (a diagnostic).",
+            "The continued-pretraining text is one phrasing per fact, repeated docs_per_entity "
+            "times.",
+            "wall_s is this invocation's time; train_and_merge_s_per_seed is the time to build "
+            "each seed's four models (kept in the memo across resumes).",
             f"Settings chosen on dev seeds {list(cfg.dev_seeds)}; test seeds {list(cfg.seeds)} "
             "were run once, for this record.",
         ],
