@@ -3,12 +3,11 @@
 import json
 
 import pytest
-
-from fmlab.core.models import build_model, train_bpe_tokenizer
 import torch
 from safetensors.torch import save_file
 
-from fmlab.core.experiment import Splits, SplitError
+from fmlab.core.experiment import SplitError, Splits
+from fmlab.core.models import build_model, train_bpe_tokenizer
 from fmlab.param_delta.pretrained import (
     ARMS,
     PretrainedConfig,
@@ -37,7 +36,9 @@ def test_every_seed_is_checked_and_probes_count_as_trained_facts():
         assert sm["overlaps"]["knowledge/knowledge_text"] == 10
         assert sm["overlaps"]["knowledge_para/knowledge_text"] == 10
     d = make_splits(0, 6, 50, 10)
-    assert all(p["prompt"] != k["prompt"] for p, k in zip(d["knowledge_para"], d["knowledge"]))
+    assert all(
+        p["prompt"] != k["prompt"] for p, k in zip(d["knowledge_para"], d["knowledge"], strict=True)
+    )
 
 
 def test_a_reworded_probe_of_a_trained_fact_is_overlap():

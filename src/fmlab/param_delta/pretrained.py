@@ -103,7 +103,7 @@ def make_splits(seed: int, n_entities: int, n_skill_train: int, n_eval: int) -> 
                 "fact": _fact_id(f),
             }
             for f in facts[: max(n_eval, 1)]
-        ],  # fmt: skip
+        ],
         # The same facts in a phrasing never trained (a diagnostic, not a headline metric).
         "knowledge_para": [
             {"prompt": _prefix(f, 1), "answer": f.value, "fact": _fact_id(f)}
@@ -224,7 +224,7 @@ def delta_geometry(base, post, new_base, oracle) -> dict[str, float]:
     from fmlab.core.checkpoint import TensorSource
 
     srcs = [TensorSource.open(x) for x in (base, post, new_base, oracle)]
-    names = [k for k in srcs[0].keys() if all(k in s for s in srcs[1:])]
+    names = [k for k in srcs[0] if all(k in s for s in srcs[1:])]
     acc = dict.fromkeys(("bb", "pp", "uu", "oo", "pu", "po"), 0.0)
     for name in names:
         b, p, n, o = (s.get(name).to(torch.float64).reshape(-1) for s in srcs)
