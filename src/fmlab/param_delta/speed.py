@@ -208,12 +208,39 @@ class SpeedConfig:
 
     kinds: tuple[str, ...] = ("smollm2", "random-1b", "random-1.6b")
     shard: str = "200MB"
-    repeats: int = 3
+    repeats: int = 4  # a multiple of the 4 arms: every arm runs in every position equally often
     warmup: int = 1
 
     @classmethod
     def quick(cls) -> SpeedConfig:
         return cls(kinds=("tiny",), shard="2MB", repeats=2, warmup=0)
+
+
+# (a, b) pairs with a paired interval per input: the rounds are the pairing unit (each round
+# runs every arm once, back to back, on the same inputs).
+PAIRS = (
+    ("fmlab --no-hash", "mergekit matched shards"),
+    ("fmlab", "mergekit matched shards"),
+    ("fmlab --no-hash", "mergekit default shards"),
+)
+
+
+def _paired_rounds(kind: str, timed: dict[str, list[dict]]) -> list:
+    """Per-round paired intervals (t over rounds) of wall time and anonymous peak, a − b."""
+    from fmlab.core.experiment import paired
+
+    out = []
+    if min(len(v) for v in timed.values()) < 2:
+        return out
+    for a, b in PAIRS:
+        for key in ("wall_s", "peak_anon_mb"):
+            out.append(
+                paired(
+                    [r[key] for r in timed[a]], [r[key] for r in timed[b]], names=(a, b),
+                    metric=f"{kind} {key}", headline=False,
+                )
+            )  # fmt: skip
+    return out
 
 
 ARMS = ("fmlab", "fmlab --no-hash", "mergekit matched shards", "mergekit default shards")
@@ -284,6 +311,11 @@ def _bench_one(kind: str, root: Path, log, cfg: SpeedConfig) -> dict:
         "max_abs_diff_matched": _max_abs_diff(outs["fmlab"], outs["mergekit matched shards"]),
         "max_abs_diff_default": _max_abs_diff(outs["fmlab"], outs["mergekit default shards"]),
         "input_gen_s": t.s,
+    }
+    row["paired"] = {p.label: p.to_dict() for p in _paired_rounds(kind, timed)}
+    row["ratio_per_round"] = {
+        f"{a} / {b}": [x["wall_s"] / y["wall_s"] for x, y in zip(timed[a], timed[b], strict=True)]
+        for a, b in PAIRS
     }
     for a in ARMS:
         rs = timed[a]
@@ -383,6 +415,8 @@ def run_speed(
             "RssFile is page cache of memory-mapped inputs: reclaimable, counted in RSS; RssAnon "
             "is what the process allocated. Compare tools on peak_anon_mb.",
             "fmlab's wall time includes SHA-256 of every input file; 'fmlab --no-hash' skips it.",
+            "by_input[...].paired: per-round paired differences (a − b) with a t interval over "
+            "the timed rounds; ratio_per_round: each round's wall-time ratio.",
         ],
     )
     rec.wall_s = total.s
