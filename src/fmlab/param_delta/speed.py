@@ -312,6 +312,9 @@ def _bench_one(kind: str, root: Path, log, cfg: SpeedConfig) -> dict:
         "max_abs_diff_default": _max_abs_diff(outs["fmlab"], outs["mergekit default shards"]),
         "input_gen_s": t.s,
     }
+    # What the interpreter alone holds before any tensor: fmlab's floor, measured the same way.
+    idle = measure_split([sys.executable, "-c", "import torch, fmlab.param_delta.delta"], env)
+    row["interpreter_anon_mb"] = idle["peak_anon_mb"]
     row["paired"] = {p.label: p.to_dict() for p in _paired_rounds(kind, timed)}
     row["ratio_per_round"] = {
         f"{a} / {b}": [x["wall_s"] / y["wall_s"] for x, y in zip(timed[a], timed[b], strict=True)]
