@@ -127,8 +127,10 @@ def test_cli_extract_lora_and_errors(tmp_path):
 def test_committed_smollm2_record_holds_together():
     """The committed record (SmolLM2, the pretrained bench's seed-0 delta): every rank it was
     asked for is there, the ΔW error falls with rank, the logit error at the top rank is far
-    below the new base's own distance from ParamΔ, and the held-out prompts' error is of the
-    size the fixed prompts' is (what docs/param_delta.md states)."""
+    below the new base's own distance from ParamΔ, and on the held-out prompts the mean error
+    is within 1.25x of the fixed prompts' at every rank, the max within 2x at every rank from
+    16 up (at rank 1 it was 2.7x: the max is a worst case over a prompt set). That is what
+    docs/param_delta.md states."""
     from pathlib import Path
 
     path = Path(__file__).parents[2] / "docs" / "results" / "param_delta" / "lora.json"
@@ -141,5 +143,6 @@ def test_committed_smollm2_record_holds_together():
     assert top["max_abs_logit_diff"] < 0.1 * rec["metrics"]["new_base_vs_full_max_abs_logit_diff"]
     for r in ranks:
         row = by[str(r)]
-        assert row["heldout_max_abs_logit_diff"] <= 2 * row["max_abs_logit_diff"] + 1e-5
-        assert row["heldout_mean_abs_logit_diff"] <= 2 * row["mean_abs_logit_diff"] + 1e-6
+        assert row["heldout_mean_abs_logit_diff"] <= 1.25 * row["mean_abs_logit_diff"]
+        if r >= 16:
+            assert row["heldout_max_abs_logit_diff"] <= 2 * row["max_abs_logit_diff"]
