@@ -28,7 +28,10 @@ class _Terminated(KeyboardInterrupt):
     exit_code = 143
 
     def __str__(self) -> str:
-        return "stopped by SIGTERM (no partial output was kept)"
+        return (
+            "stopped by SIGTERM: no half-written file was left; a bench keeps what it "
+            "finished in its memo, so running the same command again resumes"
+        )
 
 
 _INTERRUPTED: list[KeyboardInterrupt] = []  # typer turns these into exit 130 and drops them
