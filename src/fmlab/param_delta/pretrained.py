@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+import statistics
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,6 +145,22 @@ KNOWLEDGE_OVERLAP = (
 )
 
 
+def _dev_vs_test(cfg: PretrainedConfig) -> dict[str, int]:
+    """The dev seeds' data (everything the design looked at) against each test seed's scored
+    items: skill sums by prompt, facts by entity and relation. Raises on any shared item."""
+    dev: list[dict] = []
+    for sd in cfg.dev_seeds:
+        d = make_splits(sd, cfg.n_entities, cfg.n_skill_train, cfg.n_eval)
+        dev += [*d["train"], *d["test"], *d["knowledge_text"]]
+    out = {}
+    for sd in cfg.seeds:
+        d = make_splits(sd, cfg.n_entities, cfg.n_skill_train, cfg.n_eval)
+        sp = Splits({"dev_seed_data": dev, "test_seed_scored": [*d["test"], *d["knowledge"]]},
+                    key=_split_key, sealed=())  # fmt: skip
+        out[str(sd)] = sp.overlaps["dev_seed_data/test_seed_scored"]
+    return out
+
+
 def build_splits(cfg: PretrainedConfig, seed: int) -> Splits:
     """One seed's splits, checked: skill test sums never in the skill fine-tune, and every
     knowledge/knowledge-text overlap counted by fact."""
@@ -226,9 +243,14 @@ def delta_geometry(base, post, new_base, oracle) -> dict[str, float]:
     srcs = [TensorSource.open(x) for x in (base, post, new_base, oracle)]
     names = [k for k in srcs[0] if all(k in s for s in srcs[1:])]
     acc = dict.fromkeys(("bb", "pp", "uu", "oo", "pu", "po"), 0.0)
+    ratio_t, cos_t = [], []  # per tensor, as the tiny-model record's medians are
     for name in names:
         b, p, n, o = (s.get(name).to(torch.float64).reshape(-1) for s in srcs)
         dp, du, do = p - b, n - b, o - n
+        tp, tu = float(dp.norm()), float(du.norm())
+        if tp > 0 and tu > 0:
+            ratio_t.append(tp / tu)
+            cos_t.append(float(dp @ du) / (tp * tu))
         acc["bb"] += float(b @ b)
         acc["pp"] += float(dp @ dp)
         acc["uu"] += float(du @ du)
@@ -243,16 +265,19 @@ def delta_geometry(base, post, new_base, oracle) -> dict[str, float]:
         "cosine_post_update": acc["pu"] / (np_ * nu),
         "cosine_post_oracle": acc["po"] / (np_ * no),
         "oracle_delta_over_post_delta": no / np_,
+        "post_over_update": np_ / nu,
+        "post_over_update_median": statistics.median(ratio_t),
+        "cosine_post_update_median": statistics.median(cos_t),
     }
 
 
-def _models_for_seed(cfg: PretrainedConfig, seed: int, work: Path, log) -> dict[str, Path]:
+def _models_for_seed(cfg: PretrainedConfig, seed: int, work: Path, log, d: dict) -> dict[str, Path]:
+    """Train and merge one seed's models from its checked splits ``d``."""
     from transformers import AutoTokenizer
 
     from fmlab.core.models import resolve_model_dir
 
     base = resolve_model_dir(cfg.model)
-    d = make_splits(seed, cfg.n_entities, cfg.n_skill_train, cfg.n_eval)
     tok = AutoTokenizer.from_pretrained(base)
     pairs = [(x["prompt"], f"<answer>{x['answer']}</answer>") for x in d["train"]]
     sft = TensorSampler(*encode_chat_sft(tok, pairs, chat=True), seed=seed)
@@ -300,13 +325,14 @@ def run_pretrained(
         by_seed[sd].open_test()
         checked[sd] = {n: list(by_seed[sd][n]) for n in by_seed[sd].names}
     splits = by_seed[cfg.seeds[0]]
+    dev_vs_test = _dev_vs_test(cfg)
 
     def evaluate(arm, _settings, seed):
         from transformers import AutoTokenizer
 
         if seed not in cache:
             with Timer() as built:
-                cache[seed] = _models_for_seed(cfg, seed, work, log)
+                cache[seed] = _models_for_seed(cfg, seed, work, log, checked[seed])
             if f"models_s/{seed}" not in memo:  # the training time, kept across resumes
                 memo.put(f"models_s/{seed}", built.s)
         path = cache[seed][arm]
@@ -328,13 +354,25 @@ def run_pretrained(
             runs.per_seed("paramdelta", "score"), runs.per_seed("oracle", "score"), strict=True
         )
     ]
-    ratio = {**mean_std(ratios), "per_seed": ratios}
-    if len(ratios) > 1:  # per-seed t interval of the ratio itself (not of a difference)
-        iv = t_interval(ratios)
-        ratio["interval"] = {"lo": iv.lo, "hi": iv.hi, "level": iv.level, "method": iv.method}
+    skill_ratios = [
+        p / max(o, 1e-9)
+        for p, o in zip(
+            runs.per_seed("paramdelta", "skill_acc"), runs.per_seed("oracle", "skill_acc"),
+            strict=True,
+        )
+    ]  # fmt: skip
+
+    def with_interval(values):
+        out = {**mean_std(values), "per_seed": values}
+        if len(values) > 1:  # per-seed t interval of the ratio itself (not of a difference)
+            iv = t_interval(values)
+            out["interval"] = {"lo": iv.lo, "hi": iv.hi, "level": iv.level, "method": iv.method}
+        return out
+
+    ratio, skill_ratio = with_interval(ratios), with_interval(skill_ratios)
     geometry = {}
     for sd in cfg.seeds:
-        m = cache.get(sd) or _models_for_seed(cfg, sd, work, log)
+        m = cache.get(sd) or _models_for_seed(cfg, sd, work, log, checked[sd])
         geometry[str(sd)] = delta_geometry(m["base"], m["post"], m["new_base"], m["oracle"])
     models_s = {str(sd): memo.get(f"models_s/{sd}") for sd in cfg.seeds}
     # Paired intervals: per seed (t) and per scored item (bootstrap; each seed has its own
@@ -346,6 +384,9 @@ def run_pretrained(
         ("paramdelta", "post", "skill_acc", "skill_items", False),
         ("paramdelta", "new_base", "knowledge_acc", "knowledge_items", False),
         ("paramdelta", "new_base", "knowledge_para_acc", "knowledge_para_items", False),
+        # "neither parent has both": each parent against ParamΔ on what it lacks
+        ("paramdelta", "post", "knowledge_acc", "knowledge_items", False),
+        ("paramdelta", "new_base", "skill_acc", "skill_items", False),
     ]
     intervals = (
         [
@@ -368,6 +409,7 @@ def run_pretrained(
             "command": "fmlab param-delta pretrained-bench",
             "train_and_merge_s_per_seed": models_s,  # None: built by an earlier run's memo
             "delta_geometry_per_seed": geometry,
+            "dev_seed_data_vs_test_items_shared": dev_vs_test,  # checked: 0, or it raised
             "split_checks_per_seed": {
                 str(sd): {
                     "digests": {n: v["digest"][:16] for n, v in sm["splits"].items()},
@@ -376,7 +418,11 @@ def run_pretrained(
                 for sd, sm in ((sd, by_seed[sd].summary()) for sd in by_seed)
             },
         },
-        metrics={**summary["paramdelta"], "paramdelta_over_oracle": ratio},
+        metrics={
+            **summary["paramdelta"],
+            "paramdelta_over_oracle": ratio,
+            "skill_over_oracle": skill_ratio,
+        },
         baselines={
             "oracle (skill SFT on Θ'_base)": summary["oracle"],
             "Θ_post (skill SFT on Θ_base)": summary["post"],
