@@ -288,7 +288,9 @@ def speed_bench_cmd(
         None, help="scratch directory for the generated checkpoints (needs ~12 GB)"
     ),
     shard: str = typer.Option("200MB", help="output shard size of fmlab and matched mergekit"),
-    repeats: int = typer.Option(3, help="interleaved timed repeats per arm"),
+    repeats: int = typer.Option(
+        4, help="interleaved timed rounds (a multiple of the 4 arms keeps the rotation balanced)"
+    ),
     quick: bool = typer.Option(False, help="tiny inputs, 2 repeats (seconds; claims nothing)"),
 ) -> None:
     """Time and memory against mergekit task_arithmetic at matched and default shard sizes
