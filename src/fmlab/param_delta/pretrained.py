@@ -107,7 +107,7 @@ def make_splits(seed: int, n_entities: int, n_skill_train: int, n_eval: int) -> 
         ],
         # The same facts in a phrasing never trained (a diagnostic, not a headline metric).
         "knowledge_para": [
-            {"prompt": _prefix(f, 1), "answer": f.value, "fact": _fact_id(f)}
+            {"prompt": f.prefix(1), "answer": f.value, "fact": _fact_id(f)}
             for f in facts[: max(n_eval, 1)]
         ],
         # The continued-pretraining text: one phrasing of every fact (repeated docs_per_entity
@@ -121,14 +121,6 @@ def make_splits(seed: int, n_entities: int, n_skill_train: int, n_eval: int) -> 
 
 def _fact_id(f) -> str:
     return f"{f.entity}/{f.relation}"
-
-
-def _prefix(f, variant: int) -> str:
-    """Phrasing ``variant`` of a fact cut before its value ("The home of X is")."""
-    from fmlab.core.data.facts import STATEMENT_VARIANTS
-
-    forms = STATEMENT_VARIANTS[f.relation]
-    return forms[variant % len(forms)].split("{v}")[0].format(e=f.entity).rstrip()
 
 
 def _split_key(item: dict) -> str:
@@ -348,28 +340,22 @@ def run_pretrained(
     with Timer() as total:
         runs = run_arms(list(ARMS), cfg.seeds, evaluate, memo, log=log)
     summary = runs.summary()
-    ratios = [
-        p / max(o, 1e-9)
-        for p, o in zip(
-            runs.per_seed("paramdelta", "score"), runs.per_seed("oracle", "score"), strict=True
-        )
-    ]
-    skill_ratios = [
-        p / max(o, 1e-9)
-        for p, o in zip(
-            runs.per_seed("paramdelta", "skill_acc"), runs.per_seed("oracle", "skill_acc"),
-            strict=True,
-        )
-    ]  # fmt: skip
 
-    def with_interval(values):
+    def over_oracle(metric: str) -> dict:
+        """ParamΔ / oracle per seed, with a per-seed t interval of the ratio itself."""
+        values = [
+            p / max(o, 1e-9)
+            for p, o in zip(
+                runs.per_seed("paramdelta", metric), runs.per_seed("oracle", metric), strict=True
+            )
+        ]
         out = {**mean_std(values), "per_seed": values}
-        if len(values) > 1:  # per-seed t interval of the ratio itself (not of a difference)
+        if len(values) > 1:
             iv = t_interval(values)
             out["interval"] = {"lo": iv.lo, "hi": iv.hi, "level": iv.level, "method": iv.method}
         return out
 
-    ratio, skill_ratio = with_interval(ratios), with_interval(skill_ratios)
+    ratio, skill_ratio = over_oracle("score"), over_oracle("skill_acc")
     geometry = {}
     for sd in cfg.seeds:
         m = cache.get(sd) or _models_for_seed(cfg, sd, work, log, checked[sd])

@@ -108,10 +108,11 @@ class Fact:
         forms = STATEMENT_VARIANTS[self.relation]
         return forms[variant % len(forms)].format(e=self.entity, v=self.value)
 
-    def prefix(self) -> str:
-        """The first paraphrase with the value cut off ("X lives in"), for cloze prompts."""
-        template = STATEMENT_VARIANTS[self.relation][0]
-        return template.split("{v}")[0].format(e=self.entity).rstrip()
+    def prefix(self, variant: int = 0) -> str:
+        """Paraphrase ``variant`` (default the first) with the value and what follows cut off
+        ("X lives in"), for cloze prompts."""
+        forms = STATEMENT_VARIANTS[self.relation]
+        return forms[variant % len(forms)].split("{v}")[0].format(e=self.entity).rstrip()
 
     def question(self) -> str:
         return RELATIONS[self.relation][0].format(e=self.entity)
