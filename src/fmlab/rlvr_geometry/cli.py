@@ -154,15 +154,25 @@ def bench_cmd(
     steps: int = typer.Option(None, help="optimizer steps per arm (default 60)"),
     rl_seeds: int = typer.Option(None, help="number of RL seeds (default 3)"),
     model: str = typer.Option(None, help="the base (default: the bundled SmolLM2-135M)"),
+    arms: str = typer.Option(
+        None,
+        help="comma-separated interventions run beside rl and sft, replacing the default set; "
+        "'gates' = rl-lr,rl-fp32,rl-rotated,rl-beta,rl-clip (the full run's default), 'peft' = "
+        "rl-lora,rl-pissa,rl-milora,rl-mask-principal,rl-mask-offprincipal; names and groups mix",
+    ),
 ) -> None:
     """RL vs SFT from one base and the interventions of the three gates (docs/rlvr_geometry.md)."""
     from fmlab.core.experiment import with_overrides
-    from fmlab.rlvr_geometry.study import StudyConfig, run_study
+    from fmlab.rlvr_geometry.study import StudyConfig, parse_arms, run_study
 
     out = bench_out("rlvr_geometry", out, quick)
     cfg = StudyConfig.quick() if quick else StudyConfig()
-    cfg = with_overrides(cfg, steps=steps, model=model,
-                         rl_seeds=tuple(range(rl_seeds)) if rl_seeds else None)  # fmt: skip
+    try:
+        cfg = with_overrides(cfg, steps=steps, model=model,
+                             rl_seeds=tuple(range(rl_seeds)) if rl_seeds else None,
+                             interventions=parse_arms(arms) if arms else None)  # fmt: skip
+    except ValueError as e:
+        fail(str(e))
     rec = run_study(out, cfg)
     for name, v in rec.metrics["predictions"].items():
         typer.echo(f"{name}: {v['verdict']}")

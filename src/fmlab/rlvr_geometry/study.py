@@ -13,15 +13,24 @@ change from the RL arm:
   rotated base: the principal/low-magnitude structure of the weights in which RL's updates
   were localised is scrambled, so overlaps should move toward random;
 - Gate III: ``rl-fp32`` (fp32 storage) and ``rl-lr`` (a larger lr), which should remove most of
-  the apparent bf16 sparsity.
+  the apparent bf16 sparsity;
+- PEFT arms (:mod:`.peft_arms`; selected through ``interventions``, not run by default):
+  ``rl-lora``, ``rl-pissa`` and ``rl-milora`` train a rank-``lora_rank`` adapter on every block
+  linear (default, principal and minor SVD inits) at ``lora_lr`` (LoRA needs a larger lr than
+  full fine-tuning; 10x, the ratio "LoRA Without Regret" (Thinking Machines, 2025) found optimal
+  for RL), with the frozen base in fp32; the adapter is merged and the merged model saved in
+  bf16, measured against the same base as every arm. ``rl-mask-principal`` and
+  ``rl-mask-offprincipal`` are fixed-mask sparse RL at the RL lr: only the block linears train,
+  each inside analyze's M_princ (the top-``alpha`` entries of |rank-k0 reconstruction of W0|) or
+  its complement; embeddings and norms are frozen. The record checks at run time that no entry
+  outside a mask changed and that the PiSSA/MiLoRA inits leave the logits unchanged.
 
 Task: two-digit additions with a carry, asked in words ("What is 38 + 35? Reply with only the
 number."); reward 1 when the last integer of the completion is the sum. Train and test prompts
 come from one seeded builder and are checked disjoint by content (:class:`Splits`); the test
 prompts only score accuracy before and after training.
 
-Not built yet (said in the record): the short-pretrain control and the PEFT arms (LoRA, PiSSA,
-MiLoRA, fixed-mask sparse RL; :class:`fmlab.core.rl.MasterAdamW` takes the masks).
+Not built yet (said in the record): the short-pretrain control.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmlab.core.checkpoint import TensorSource
 from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.data.tasks import AdditionTask
 from fmlab.core.evaluate import generate
@@ -42,11 +52,17 @@ from fmlab.core.results import ResultRecord, Timer, grouped_bar_plot, peak_rss_m
 from fmlab.core.rl import GRPOConfig, master_adamw, train_grpo, train_sft
 from fmlab.core.train import TrainConfig
 from fmlab.rlvr_geometry.analyze import analyze
+from fmlab.rlvr_geometry.metrics import bf16_changed
+from fmlab.rlvr_geometry.peft_arms import fixed_masks, max_logit_change, merge_lora, wrap_lora
 
 __all__ = [
+    "ARM_SETTINGS",
+    "GATE_ARMS",
+    "PEFT_ARMS",
     "StudyConfig",
     "last_int_reward",
     "make_splits",
+    "parse_arms",
     "rotate_value_output",
     "run_study",
 ]
@@ -78,7 +94,11 @@ class StudyConfig:
     big_lr: float = 1e-5  # Gate III: RL at this lr
     beta: float = 0.05  # Gate I: the KL arm
     tight_clip: float = 0.05  # Gate I: the clip arm
+    # beside rl and sft; the PEFT arms (PEFT_ARMS) run only when listed here
     interventions: tuple[str, ...] = ("rl-lr", "rl-fp32", "rl-rotated", "rl-beta", "rl-clip")
+    lora_rank: int = 16  # the PEFT arms' adapter rank
+    lora_alpha: float = 32.0  # peft's scaling lora_alpha / r = 2
+    lora_lr: float = 1e-5  # 10x rl_lr (see the module docstring)
     ks: tuple[int, ...] = (1, 4, 16, 64)
     alpha: float = 0.5
     threads: int = 1
@@ -92,7 +112,28 @@ class StudyConfig:
         return cls(model="tiny", n_train=16, n_test=8, steps=3, rl_seeds=(0, 1),
                    num_generations=4, prompts_per_step=2, max_new_tokens=4, rl_lr=1e-3,
                    sft_lr=1e-3, big_lr=1e-2, interventions=("rl-rotated",), ks=(1, 4),
-                   reward="digits", progress=False)  # fmt: skip
+                   lora_rank=4, lora_alpha=8.0, lora_lr=1e-2, reward="digits",
+                   progress=False)  # fmt: skip
+
+    def __post_init__(self):
+        choices = [a for a in ARM_SETTINGS if a not in ("rl", "sft")]
+        bad = [a for a in self.interventions if a not in choices]
+        if bad:
+            raise ValueError(f"unknown interventions {', '.join(map(repr, bad))}; choose from: "
+                             f"{', '.join(choices)}")  # fmt: skip
+        if len(set(self.interventions)) != len(self.interventions):
+            raise ValueError(f"interventions repeat an arm: {list(self.interventions)}")
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or self.lora_lr <= 0:
+            raise ValueError("lora_rank must be >= 1 and lora_alpha, lora_lr > 0")
+        k0 = min((k for k in self.ks if k > 1), default=None)
+        if k0 is None:
+            raise ValueError(f"ks {list(self.ks)} needs a k above 1 (k0, analyze's rank of the "
+                             "principal-weight reconstruction)")  # fmt: skip
+
+    @property
+    def k0(self) -> int:
+        """analyze's k0: the smallest k above 1 (the principal masks use the same)."""
+        return min(k for k in self.ks if k > 1)
 
 
 _INT = re.compile(r"-?\d+")
@@ -205,6 +246,8 @@ def _accuracy(model, tok, rows, max_new_tokens: int) -> list[float]:
     return last_int_reward(None, outs, meta=[r["meta"] for r in rows])
 
 
+# Every intervention is one change from "rl" (the LoRA arms' adapter comes with its own lr,
+# lora_lr); a string under lr/beta/epsilon names the StudyConfig field that holds the value.
 ARM_SETTINGS = {
     "rl": {"kind": "rl"},
     "sft": {"kind": "sft"},
@@ -213,15 +256,45 @@ ARM_SETTINGS = {
     "rl-rotated": {"kind": "rl", "rotate": True},
     "rl-beta": {"kind": "rl", "beta": "beta"},
     "rl-clip": {"kind": "rl", "epsilon": "tight_clip"},
+    "rl-lora": {"kind": "rl", "adapter": "lora", "lr": "lora_lr"},
+    "rl-pissa": {"kind": "rl", "adapter": "pissa", "lr": "lora_lr"},
+    "rl-milora": {"kind": "rl", "adapter": "milora", "lr": "lora_lr"},
+    "rl-mask-principal": {"kind": "rl", "mask": "principal"},
+    "rl-mask-offprincipal": {"kind": "rl", "mask": "offprincipal"},
 }
+GATE_ARMS = ("rl-lr", "rl-fp32", "rl-rotated", "rl-beta", "rl-clip")
+PEFT_ARMS = ("rl-lora", "rl-pissa", "rl-milora", "rl-mask-principal", "rl-mask-offprincipal")
+_FROM_CFG = ("lr", "beta", "epsilon")
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    """Interventions from a comma-separated list of arm names and the groups ``gates``
+    (:data:`GATE_ARMS`) and ``peft`` (:data:`PEFT_ARMS`), in order, without repeats."""
+    groups = {"gates": GATE_ARMS, "peft": PEFT_ARMS}
+    choices = [a for a in ARM_SETTINGS if a not in ("rl", "sft")]
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        names = groups.get(part, (part,) if part else ())
+        bad = [n for n in names if n not in choices]
+        if bad:
+            raise ValueError(f"unknown arm {bad[0]!r}; choose from: gates, peft, "
+                             f"{', '.join(choices)}")  # fmt: skip
+        out += [n for n in names if n not in out]
+    if not out:
+        raise ValueError("no arms given; e.g. --arms peft or --arms rl-lora,rl-pissa")
+    return tuple(out)
 
 
 def _settings(cfg: StudyConfig, arm: str) -> dict:
     s = dict(ARM_SETTINGS[arm])
-    for k, v in list(s.items()):
-        if isinstance(v, str) and k != "kind":
-            s[k] = getattr(cfg, v)
+    for k in _FROM_CFG:
+        if isinstance(s.get(k), str):
+            s[k] = getattr(cfg, s[k])
     s.setdefault("lr", cfg.rl_lr if s["kind"] == "rl" else cfg.sft_lr)
+    if "adapter" in s:
+        s.update(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
+    if "mask" in s:
+        s.update(mask_alpha=cfg.alpha, mask_k0=cfg.k0)
     return s
 
 
@@ -261,6 +334,8 @@ class _Study:
         tcfg = TrainConfig(steps=cfg.steps, lr=s["lr"], warmup_steps=0, weight_decay=0.0,
                            grad_clip=1.0, seed=seed, log_every=5, progress=cfg.progress,
                            batch_size=cfg.num_generations * cfg.prompts_per_step)  # fmt: skip
+        store = next(model.parameters()).dtype
+        model, optimizers, extra = _prepare(model, s, seed)
         train_rows = list(self.splits["train"])
         with Timer() as t:
             if s["kind"] == "rl":
@@ -271,13 +346,31 @@ class _Study:
                                   epsilon_high=s.get("epsilon", 0.28),
                                   beta=s.get("beta", 0.0))  # fmt: skip
                 res = train_grpo(model, tok, train_rows, [REWARDS[cfg.reward]], gcfg, tcfg, run_dir,
-                                 optimizers=master_adamw())  # fmt: skip
+                                 optimizers=optimizers)  # fmt: skip
             else:
                 pairs = [(r["prompt"], r["answer"]) for r in train_rows]
-                res = train_sft(model, tok, pairs, tcfg, run_dir, optimizers=master_adamw())
+                res = train_sft(model, tok, pairs, tcfg, run_dir, optimizers=optimizers)
         res.raise_if_signalled()
-        acc1 = _accuracy(model, tok, test, cfg.max_new_tokens)
         ckpt = run_dir / "model"
+        if "adapter" in s:  # train() saved the adapter in model/; the merged model is measured
+            model = merge_lora(model, store)
+            ckpt = run_dir / "merged"
+            with atomic_dir(ckpt, overwrite=True) as tmp:
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+        if "masks" in extra:
+            extra["changed_outside_mask"] = _changed_outside(base, ckpt, extra.pop("masks"))
+        acc1 = _accuracy(model, tok, test, cfg.max_new_tokens)
+        row = self._measure(base, ckpt)
+        row.update({
+            "accuracy_before": float(np.mean(acc0)), "accuracy_after": float(np.mean(acc1)),
+            "correct_before": acc0, "correct_after": acc1, "train_seconds": t.s, **extra,
+        })  # fmt: skip
+        return row
+
+    def _measure(self, base: Path, ckpt: Path) -> dict:
+        """The geometry of ``ckpt`` against ``base``: overall values and per-tensor lists."""
+        cfg = self.cfg
         rep = analyze(base, [ckpt], ks=cfg.ks, alpha=cfg.alpha, threads=cfg.threads)
         c = rep["checkpoints"][0]
         o = c["summary"]["overall"]
@@ -285,8 +378,6 @@ class _Study:
         row = {g: o[g] for g in GEOMETRY}
         row.update({
             "principal_angle_max_deg": o["principal_angle_max_deg"][k_top],
-            "accuracy_before": float(np.mean(acc0)), "accuracy_after": float(np.mean(acc1)),
-            "train_seconds": t.s,
             "per_tensor_nss": [e["nss"] for e in c["tensors"]],
             "per_tensor_sparsity_bf16": [1 - e["changed"] / e["numel"] for e in c["tensors"]],
             "per_tensor_angle": [e["principal_angle_max_deg"][k_top] for e in c["tensors"]],
@@ -298,8 +389,51 @@ class _Study:
         return row
 
 
+def _prepare(model, s: dict, seed: int):
+    """(model to train, optimizer hook, run-time checks) of an arm: the plain model with
+    MasterAdamW, a LoRA-wrapped one (adapter only trains; the init's largest logit change on a
+    probe is recorded) or the block linears under fixed masks (``masks``: name -> mask, for
+    the check after training)."""
+    if "adapter" in s:
+        model.float()  # exact: the bf16 base's values (see peft_arms on why fp32)
+        probe = torch.randint(0, model.config.vocab_size, (1, 24),
+                              generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        model.eval()
+        with torch.no_grad():
+            before = model(input_ids=probe).logits.float()
+        model = wrap_lora(model, s["adapter"], s["lora_rank"], s["lora_alpha"])
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        extra = {"init_max_logit_change": max_logit_change(model, before, probe),
+                 "trainable_params": trainable}  # fmt: skip
+        return model, master_adamw(), extra
+    if "mask" in s:
+        masks = fixed_masks(model, s["mask"], s["mask_k0"], s["mask_alpha"])
+        names = {id(p): n for n, p in model.named_parameters()}
+        on = sum(int(m.sum()) for m in masks.values())
+        extra = {"masks": {names[id(p)]: m for p, m in masks.items()},
+                 "mask_density": on / sum(m.numel() for m in masks.values()),
+                 "trainable_params": on}  # fmt: skip
+        return model, master_adamw(masks), extra
+    return model, master_adamw(), {}
+
+
+def _changed_outside(base: Path, ckpt: Path, masks: dict[str, torch.Tensor]) -> int:
+    """Entries of ``ckpt`` that differ from ``base`` (bf16 criterion) outside the trainable
+    masks; every tensor without a mask counts whole. 0 when the masks held."""
+    b, c = TensorSource.open(base), TensorSource.open(ckpt)
+    if set(b.keys()) != set(c.keys()):
+        raise ValueError(f"{ckpt} and {base} hold different tensors")
+    n = 0
+    for key in b:
+        changed = bf16_changed(b.get(key), c.get(key))
+        if key in masks:
+            changed &= ~masks[key]
+        n += int(changed.sum())
+    return n
+
+
 def _verdict(p, direction: int) -> str:
-    """ "holds" when the per-tensor interval of a − b excludes 0 on the predicted side
+    """ "holds" when the per-item interval of a − b excludes 0 on the predicted side
     (``direction`` +1: a > b), "FAILS" when it excludes 0 on the other side, else "not shown"."""
     iv = p.per_item
     if iv.lo <= 0 <= iv.hi:
@@ -307,32 +441,59 @@ def _verdict(p, direction: int) -> str:
     return "holds" if (iv.lo > 0) == (direction > 0) else "FAILS"
 
 
-def _tensor_values(runs, arm: str, key: str) -> np.ndarray:
-    """(seeds, tensors) of a per-tensor metric; tensors without a value (nothing changed) nan."""
+def _no_gain_verdict(p, direction: int) -> str:
+    """For "a is no better than b" (``direction`` -1) or "no worse" (+1): "FAILS" when the
+    interval excludes 0 on the wrong side, "holds" when it excludes 0 on the predicted side,
+    else "not contradicted" (an interval containing 0 is consistent with the claim, not proof)."""
+    iv = p.per_item
+    if iv.lo <= 0 <= iv.hi:
+        return "not contradicted (the interval contains 0)"
+    return "holds" if (iv.lo > 0) == (direction > 0) else "FAILS"
+
+
+def _per_item(runs, arm: str, key: str) -> np.ndarray:
+    """(seeds, items) of a per-item metric (tensors or test prompts); None (e.g. a tensor in
+    which nothing changed) becomes nan."""
     rows = [runs.values[arm][s][key] for s in runs.seeds]
     return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
 
 
-def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, list]:
-    """Each prediction of the theory with the per-tensor paired interval it rests on (tensors
-    are the items; RL values averaged over its seeds first)."""
-    preds, ivs = {}, []
+class _Verdicts:
+    """The predictions (with verdicts), the recorded comparisons (the spec predicts nothing:
+    intervals only) and every interval behind them."""
 
-    def add(name, a, b, names, direction, headline=False, **shown):
+    def __init__(self):
+        self.preds: dict = {}
+        self.comparisons: dict = {}
+        self.ivs: list = []
+
+    def add(self, name, a, b, names, direction, headline=False, unit="tensors",
+            rule=_verdict, **shown):  # fmt: skip
+        """a − b over items (each side averaged over its seeds first); ``direction`` ±1 is the
+        predicted sign, 0 records the interval without a verdict."""
         a, b = np.nanmean(np.atleast_2d(a), axis=0), np.nanmean(np.atleast_2d(b), axis=0)
         ok = ~(np.isnan(a) | np.isnan(b))
+        into = self.comparisons if direction == 0 else self.preds
         if ok.sum() < 2:
-            preds[name] = {**shown, "verdict": "undefined (fewer than 2 tensors changed)"}
+            into[name] = {**shown, "verdict": f"undefined (fewer than 2 {unit} with values)"}
             return
         p = paired(items_a=a[ok], items_b=b[ok], names=names, metric=name, headline=headline)
-        ivs.append(p)
-        preds[name] = {**shown, "delta": p.per_item.estimate, "lo": p.per_item.lo,
-                       "hi": p.per_item.hi, "tensors": int(ok.sum()),
-                       "verdict": _verdict(p, direction)}  # fmt: skip
+        self.ivs.append(p)
+        into[name] = {**shown, "delta": p.per_item.estimate, "lo": p.per_item.lo,
+                      "hi": p.per_item.hi, unit: int(ok.sum())}  # fmt: skip
+        if direction:
+            into[name]["verdict"] = rule(p, direction)
 
-    rl = lambda k: _tensor_values(main, "rl", k)  # noqa: E731
+
+def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list]:
+    """Each prediction of the theory with the paired interval it rests on (tensors are the
+    items of the geometry, test prompts those of accuracy; RL values averaged over its seeds
+    first), the PEFT arms' recorded comparisons, and the intervals."""
+    v = _Verdicts()
+    add = v.add
+    rl = lambda k: _per_item(main, "rl", k)  # noqa: E731
     if "sft" in other.values:
-        sft = lambda k: _tensor_values(other, "sft", k)  # noqa: E731
+        sft = lambda k: _per_item(other, "sft", k)  # noqa: E731
         add("nss: RL below SFT", rl("per_tensor_nss"), sft("per_tensor_nss"), ("rl", "sft"), -1,
             headline=True)  # fmt: skip
         add("principal angle: RL below SFT", rl("per_tensor_angle"), sft("per_tensor_angle"),
@@ -351,16 +512,83 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, list]:
                         for t in p["tensors"]] for p in pairs])  # fmt: skip
         add("cross-seed Jaccard above random", j, jr, ("jaccard", "random"), +1)
     if "rl-lr" in other.values:
-        add("a larger lr lowers bf16 sparsity", _tensor_values(other, "rl-lr", "per_tensor_sparsity_bf16"),
+        add("a larger lr lowers bf16 sparsity", _per_item(other, "rl-lr", "per_tensor_sparsity_bf16"),
             rl("per_tensor_sparsity_bf16"), ("rl-lr", "rl"), -1)  # fmt: skip
     if "rl-rotated" in other.values:
         dist = lambda r, k: np.abs(r(k) - r("per_tensor_overlap_random"))  # noqa: E731
-        rot = lambda k: _tensor_values(other, "rl-rotated", k)  # noqa: E731
+        rot = lambda k: _per_item(other, "rl-rotated", k)  # noqa: E731
         add("rotation moves the principal overlap toward random",
             dist(rot, "per_tensor_overlap_principal"), dist(rl, "per_tensor_overlap_principal"),
             ("rotated |Δ|", "rl |Δ|"), -1)  # fmt: skip
-    preds["short-pretrain control weakens the effects"] = {"verdict": "not tested (not built yet)"}
-    return preds, ivs
+    _peft_predictions(v, main, other)
+    v.preds["short-pretrain control weakens the effects"] = {
+        "verdict": "not tested (not built yet)"
+    }
+    return v.preds, v.comparisons, v.ivs
+
+
+def _peft_predictions(v: _Verdicts, main, other) -> None:
+    """The spec's PEFT case studies (accuracy on the test prompts): principal-only sparse RL
+    below dense (53.8 vs 57.4 in the paper) and below the off-principal mask, which nearly
+    matches dense (no margin given: recorded); PiSSA no gain over LoRA. PiSSA vs MiLoRA and the
+    adapters' geometry: the spec states no prediction, so they are recorded without a verdict."""
+    arms = set(other.values)
+    acc = lambda arm: _per_item(main if arm == "rl" else other, arm, "correct_after")  # noqa: E731
+    nss = lambda arm: _per_item(other, arm, "per_tensor_nss")  # noqa: E731
+    kw = {"unit": "prompts"}
+    if "rl-mask-principal" in arms:
+        v.add("accuracy: principal-mask RL below dense RL", acc("rl-mask-principal"), acc("rl"),
+              ("rl-mask-principal", "rl"), -1, **kw)  # fmt: skip
+    if {"rl-mask-principal", "rl-mask-offprincipal"} <= arms:
+        v.add("accuracy: principal-mask RL below off-principal-mask RL",
+              acc("rl-mask-principal"), acc("rl-mask-offprincipal"),
+              ("rl-mask-principal", "rl-mask-offprincipal"), -1, **kw)  # fmt: skip
+    if "rl-mask-offprincipal" in arms:
+        v.add("accuracy: off-principal-mask RL − dense RL", acc("rl-mask-offprincipal"),
+              acc("rl"), ("rl-mask-offprincipal", "rl"), 0, **kw)  # fmt: skip
+    if {"rl-pissa", "rl-lora"} <= arms:
+        v.add("accuracy: PiSSA no gain over LoRA", acc("rl-pissa"), acc("rl-lora"),
+              ("rl-pissa", "rl-lora"), -1, rule=_no_gain_verdict, **kw)  # fmt: skip
+    if "rl-pissa" in arms:
+        v.preds["PiSSA collapses at a higher lr"] = {
+            "verdict": "not tested (no higher-lr PiSSA arm)"
+        }
+    if {"rl-pissa", "rl-milora"} <= arms:
+        v.add("accuracy: PiSSA − MiLoRA", acc("rl-pissa"), acc("rl-milora"),
+              ("rl-pissa", "rl-milora"), 0, **kw)  # fmt: skip
+        v.add("nss: PiSSA − MiLoRA", nss("rl-pissa"), nss("rl-milora"),
+              ("rl-pissa", "rl-milora"), 0)  # fmt: skip
+    for arm in ("rl-lora", "rl-pissa", "rl-milora"):
+        if arm in arms:
+            v.add(f"accuracy: {arm} − dense RL", acc(arm), acc("rl"), (arm, "rl"), 0, **kw)
+
+
+def _peft_notes(cfg: StudyConfig, other) -> list[str]:
+    """What the PEFT arms were and their run-time checks (masks held, inits preserved the
+    function), for the record's notes; empty when none ran."""
+    notes = []
+    lora = [a for a in ("rl-lora", "rl-pissa", "rl-milora") if a in other.values]
+    masks = [a for a in ("rl-mask-principal", "rl-mask-offprincipal") if a in other.values]
+    if lora:
+        change = {a: max(other.values[a][s]["init_max_logit_change"] for s in other.seeds)
+                  for a in lora}  # fmt: skip
+        notes.append(
+            f"LoRA arms {lora}: rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, lr "
+            f"{cfg.lora_lr:g} on q/k/v/o/gate/up/down, adapter in fp32 over an fp32 copy of the "
+            "bf16 base; merged (peft merge_and_unload) and saved in bf16, measured against the "
+            "base. Largest logit change at init on a probe: "
+            + ", ".join(f"{a} {c:.2e}" for a, c in change.items())
+        )
+    if masks:
+        outside = {a: sum(other.values[a][s]["changed_outside_mask"] for s in other.seeds)
+                   for a in masks}  # fmt: skip
+        notes.append(
+            f"Mask arms {masks}: M_princ of each block linear (top alpha = {cfg.alpha:g} of "
+            f"|rank-{cfg.k0} reconstruction of W0|, analyze's definition) or its complement, "
+            f"lr {cfg.rl_lr:g}; embeddings and norms frozen. Entries changed outside the masks: "
+            + ", ".join(f"{a} {n}" for a, n in outside.items())
+        )
+    return notes
 
 
 def run_study(out_dir: str | Path, cfg: StudyConfig | None = None, log=log_stderr) -> ResultRecord:
@@ -393,7 +621,7 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
                           ks=cfg.ks, alpha=cfg.alpha, threads=cfg.threads)  # fmt: skip
             keep = ("a", "b", "jaccard", "jaccard_random", "tensors")
             pairs = [{k: p[k] for k in keep} for p in rep["pairs"]]
-    preds, ivs = _predictions(cfg, main, other, pairs)
+    preds, comparisons, ivs = _predictions(cfg, main, other, pairs)
     summary = {**main.summary(), **other.summary()}
     plots = []
     for m in ("sparsity_bf16", "nss", "principal_angle_max_deg"):
@@ -416,6 +644,7 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
         metrics={
             **{k: v for k, v in summary["rl"].items()},
             "predictions": preds,
+            "comparisons": comparisons,
             "jaccard_pairs": [{k: v for k, v in p.items() if k != "tensors"} for p in pairs],
             "by_arm": summary,
             "peak_rss_mb": peak_rss_mb(),
@@ -426,10 +655,10 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
         notes=[
             f"RL over seeds {list(cfg.rl_seeds)}; SFT and each intervention at seeds "
             f"{list(cfg.other_seeds)}; every arm {cfg.steps} optimizer steps from the same base.",
-            "Verdicts rest on per-tensor paired bootstrap intervals (95%): "
-            + "; ".join(f"{k}: {v['verdict']}" for k, v in preds.items()),
-            "Not built yet: the short-pretrain control and the PEFT arms (LoRA, PiSSA, MiLoRA, "
-            "fixed-mask sparse RL).",
+            "Verdicts rest on paired bootstrap intervals (95%) over tensors (geometry) or test "
+            "prompts (accuracy): " + "; ".join(f"{k}: {v['verdict']}" for k, v in preds.items()),
+            "Not built yet: the short-pretrain control.",
+            *_peft_notes(cfg, other),
         ],
         **record_fields(splits, None, ivs),
     )
