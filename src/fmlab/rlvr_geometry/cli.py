@@ -160,11 +160,23 @@ def bench_cmd(
         "'gates' = rl-lr,rl-fp32,rl-rotated,rl-beta,rl-clip (the full run's default), 'peft' = "
         "rl-lora,rl-pissa,rl-milora,rl-mask-principal,rl-mask-offprincipal; names and groups mix",
     ),
+    control: bool = typer.Option(
+        False,
+        "--control",
+        help="the short-pretrain control instead: pretrain a small Llama here, RL and SFT from "
+        "an early and a plateau checkpoint of that run; writes control.json",
+    ),
 ) -> None:
     """RL vs SFT from one base and the interventions of the three gates (docs/rlvr_geometry.md)."""
     from fmlab.core.experiment import with_overrides
     from fmlab.rlvr_geometry.study import StudyConfig, parse_arms, run_study
 
+    if control:
+        if model or arms:
+            fail("--control pretrains its own two bases and runs rl and sft only; drop --model "
+                 "and --arms")  # fmt: skip
+        _control(out, quick, steps, rl_seeds)
+        return
     out = bench_out("rlvr_geometry", out, quick)
     cfg = StudyConfig.quick() if quick else StudyConfig()
     try:
@@ -177,3 +189,30 @@ def bench_cmd(
     for name, v in rec.metrics["predictions"].items():
         typer.echo(f"{name}: {v['verdict']}")
     typer.echo(f"wrote {out / 'study.json'}")
+
+
+def _control(out: Path | None, quick: bool, steps: int | None, rl_seeds: int | None) -> None:
+    """`bench --control`: the short-pretrain control (fmlab.rlvr_geometry.control)."""
+    from dataclasses import replace
+
+    from fmlab.core.experiment import SplitError, with_overrides
+    from fmlab.rlvr_geometry.control import ControlConfig, ControlError, run_control
+
+    cfg = ControlConfig.quick() if quick else ControlConfig()
+    try:
+        study = with_overrides(cfg.study, steps=steps,
+                               rl_seeds=tuple(range(rl_seeds)) if rl_seeds else None)  # fmt: skip
+        cfg = replace(cfg, study=study)
+    except ValueError as e:
+        fail(str(e))
+    out = bench_out("rlvr_geometry", out, quick)
+    try:
+        rec = run_control(out, cfg)
+    except (ControlError, SplitError) as e:
+        fail(str(e))
+    b = rec.metrics["bases"]
+    typer.echo(f"bases: short = step {b['short']['step']}, long = step {b['long']['step']} "
+               f"({'plateau' if b['plateau_reached'] else 'step budget, no plateau'})")  # fmt: skip
+    for name, v in rec.metrics["predictions"].items():
+        typer.echo(f"{name}: {v['verdict']}")
+    typer.echo(f"wrote {out / 'control.json'}")

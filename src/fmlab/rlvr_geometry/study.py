@@ -30,7 +30,9 @@ number."); reward 1 when the last integer of the completion is the sum. Train an
 come from one seeded builder and are checked disjoint by content (:class:`Splits`); the test
 prompts only score accuracy before and after training.
 
-Not built yet (said in the record): the short-pretrain control.
+The short-pretrain control (:mod:`.control`: a small Llama pretrained here, RL and SFT from an
+early and a plateau checkpoint of the same run) writes its own record, ``control.json``
+(``fmlab rlvr-geometry bench --control``).
 """
 
 from __future__ import annotations
@@ -522,7 +524,7 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
             ("rotated |Δ|", "rl |Δ|"), -1)  # fmt: skip
     _peft_predictions(v, main, other)
     v.preds["short-pretrain control weakens the effects"] = {
-        "verdict": "not tested (not built yet)"
+        "verdict": "not tested here: see control.json (fmlab rlvr-geometry bench --control)"
     }
     return v.preds, v.comparisons, v.ivs
 
@@ -591,6 +593,18 @@ def _peft_notes(cfg: StudyConfig, other) -> list[str]:
     return notes
 
 
+def _seed_pairs(cfg: StudyConfig, main) -> list[dict]:
+    """Jaccard of the changed masks for every pair of RL seeds (analyze's ``pairs``, each with
+    its per-tensor values); empty with fewer than two seeds."""
+    if len(cfg.rl_seeds) < 2:
+        return []
+    rep = analyze(main.values["rl"][cfg.rl_seeds[0]]["base"],
+                  [main.values["rl"][s]["checkpoint"] for s in cfg.rl_seeds],
+                  ks=cfg.ks, alpha=cfg.alpha, threads=cfg.threads)  # fmt: skip
+    keep = ("a", "b", "jaccard", "jaccard_random", "tensors")
+    return [{k: p[k] for k in keep} for p in rep["pairs"]]
+
+
 def run_study(out_dir: str | Path, cfg: StudyConfig | None = None, log=log_stderr) -> ResultRecord:
     cfg = cfg or StudyConfig()
     out = Path(out_dir)
@@ -614,13 +628,7 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
         main = run_arms({"rl": _settings(cfg, "rl")}, cfg.rl_seeds, study, memo, log=log)
         others = {a: _settings(cfg, a) for a in ("sft", *cfg.interventions)}
         other = run_arms(others, cfg.other_seeds, study, memo, log=log)
-        pairs = []
-        if len(cfg.rl_seeds) >= 2:
-            rep = analyze(main.values["rl"][cfg.rl_seeds[0]]["base"],
-                          [main.values["rl"][s]["checkpoint"] for s in cfg.rl_seeds],
-                          ks=cfg.ks, alpha=cfg.alpha, threads=cfg.threads)  # fmt: skip
-            keep = ("a", "b", "jaccard", "jaccard_random", "tensors")
-            pairs = [{k: p[k] for k in keep} for p in rep["pairs"]]
+        pairs = _seed_pairs(cfg, main)
     preds, comparisons, ivs = _predictions(cfg, main, other, pairs)
     summary = {**main.summary(), **other.summary()}
     plots = []
@@ -657,7 +665,8 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
             f"{list(cfg.other_seeds)}; every arm {cfg.steps} optimizer steps from the same base.",
             "Verdicts rest on paired bootstrap intervals (95%) over tensors (geometry) or test "
             "prompts (accuracy): " + "; ".join(f"{k}: {v['verdict']}" for k, v in preds.items()),
-            "Not built yet: the short-pretrain control.",
+            "The short-pretrain control is its own record: control.json (fmlab rlvr-geometry "
+            "bench --control).",
             *_peft_notes(cfg, other),
         ],
         **record_fields(splits, None, ivs),

@@ -49,13 +49,15 @@ def wrap_tokenizer(tok: Tokenizer, max_length: int = 1 << 20) -> PreTrainedToken
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2
+    texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2, split_digits: bool = False
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (any text encodes; no unknown tokens).
 
     Args:
         texts: training documents.
         vocab_size: total vocabulary including the 256 byte symbols and special tokens.
+        split_digits: every digit its own pre-token (no merges across digits), so that
+            arithmetic stays learnable digit by digit.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(
@@ -64,6 +66,10 @@ def train_bpe_tokenizer(
         )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), tok.pre_tokenizer]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

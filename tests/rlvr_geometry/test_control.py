@@ -1,0 +1,152 @@
+"""The short-pretrain control: the base-selection rule on fabricated curves, the run-time check
+that the pretraining text holds no held-out prompt, and the quick control end to end (record,
+bf16 bases, resume)."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from fmlab.cli import app
+from fmlab.core.experiment import SplitError
+from fmlab.core.results import load_record
+from fmlab.rlvr_geometry.control import (
+    EFFECTS,
+    ControlConfig,
+    ControlError,
+    choose_bases,
+    make_control_splits,
+    plateau_index,
+    pretraining_splits,
+    run_control,
+)
+from fmlab.rlvr_geometry.study import StudyConfig, make_splits
+
+
+def _curve(losses, accs, every=50):
+    return [{"step": every * (i + 1), "val_loss": v, "dev_accuracy": a}
+            for i, (v, a) in enumerate(zip(losses, accs, strict=True))]  # fmt: skip
+
+
+def test_plateau_rule_on_a_fabricated_curve():
+    losses = [5.0, 3.0, 2.0, 1.5, 1.49, 1.488, 1.487]
+    # k = 2: at index 5 the best of (1.49, 1.488) is within 1% of the best before them (1.5);
+    # at index 4 the best of (1.5, 1.49) is not (the best before them is 2.0)
+    assert plateau_index(losses, 2, 0.01) == 5
+    assert plateau_index(losses, 1, 0.01) == 4  # 1.49 > 0.99 * 1.5
+    assert plateau_index(losses, 2, 0.0) is None  # any improvement counts: never flat
+    assert plateau_index(losses[:4], 2, 0.01) is None
+    with pytest.raises(ControlError, match="diverged"):
+        plateau_index([3.0, float("nan"), 2.0], 1, 0.01)
+
+
+def test_choose_bases_picks_what_the_rule_says():
+    losses = [5.0, 3.0, 2.0, 1.5, 1.49, 1.488, 1.487]
+    accs = [0.0, 0.02, 0.06, 0.2, 0.3, 0.31, 0.32]
+    c = choose_bases(_curve(losses, accs), k=2, tol=0.01, floor=0.05)
+    assert (c.short, c.long, c.plateau) == (150, 300, True)  # first DEV >= 5%; the plateau
+    c = choose_bases(_curve(losses, accs), k=2, tol=0.0, floor=0.05)
+    assert (c.short, c.long, c.plateau) == (150, 350, False)  # no plateau: the step budget
+    # the floor is met only at the plateau itself: no earlier checkpoint, an error
+    late = [0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.5]
+    with pytest.raises(ControlError, match="no checkpoint before the long base"):
+        choose_bases(_curve(losses, late), k=2, tol=0.01, floor=0.05)
+    # the floor is inclusive
+    c = choose_bases(_curve(losses, [0.0, 0.05, *accs[2:]]), k=2, tol=0.01, floor=0.05)
+    assert c.short == 100
+
+
+def _items():
+    return make_control_splits(seed=0, digits=2, n_train=40, n_test=20, n_dev=10, n_val=10,
+                               stream_seed=1, n_pretrain=300)  # fmt: skip
+
+
+def test_control_splits_take_the_study_splits_and_a_separate_stream():
+    items = _items()
+    study = make_splits(0, 2, 40, 20)
+    assert items["train"] == study["train"] and items["test"] == study["test"]
+    assert all(r["meta"]["a"] + r["meta"]["b"] == int(r["answer"]) for r in items["pretrain"])
+    assert len(items["pretrain"]) == 300 and len(items["dev"]) == 10
+    from fmlab.core.data.tasks import AdditionTask
+
+    assert all(AdditionTask.carries(r["meta"]["a"], r["meta"]["b"]) >= 1 for r in items["dev"])
+    other = make_control_splits(seed=0, digits=2, n_train=40, n_test=20, n_dev=10, n_val=10,
+                                stream_seed=2, n_pretrain=300)  # fmt: skip
+    assert other["pretrain"] != items["pretrain"]  # the stream seed moves the pretraining pairs
+
+
+def test_pretraining_text_is_checked_disjoint_from_the_test_prompts():
+    prose = ["A paragraph of prose.", "Another one, with 38 + 35 in it."]
+    s = pretraining_splits(_items(), prose, seed=0)
+    assert s.summary()["disjoint"] and s.sealed == ("test",)
+    with pytest.raises(SplitError, match="sealed"):
+        s["test"]  # sealed until open_test
+    planted = _items()
+    planted["pretrain"] = [*planted["pretrain"], planted["test"][3]]
+    with pytest.raises(SplitError, match="'test' and 'pretrain' share 1 items"):
+        pretraining_splits(planted, prose, seed=0)
+    leak = f"In the reference: {_items()['test'][0]['prompt']} The answer follows."
+    with pytest.raises(SplitError, match="occur in the pretraining prose"):
+        pretraining_splits(_items(), [*prose, leak], seed=0)
+
+
+def test_control_config_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="interventions"):
+        ControlConfig(study=StudyConfig(model="the control's own bases"))
+    with pytest.raises(ValueError, match="2 RL seeds"):
+        ControlConfig(study=StudyConfig(model="the control's own bases", interventions=(),
+                                        rl_seeds=(0,)))  # fmt: skip
+    res = CliRunner().invoke(app, ["rlvr-geometry", "bench", "--control", "--arms", "peft"])
+    assert res.exit_code == 2 and "--control" in res.output
+
+
+def _bf16_tensors(path) -> set:
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        return {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+
+
+@pytest.mark.slow
+def test_quick_control_end_to_end_and_resumes(tmp_path):
+    torch.set_num_threads(1)
+    run_control(tmp_path, ControlConfig.quick(), log=lambda *_: None)
+    d = load_record(tmp_path / "control.json")  # a valid record
+    assert d["setup"]["command"] == "fmlab rlvr-geometry bench --control"
+    preds = d["metrics"]["predictions"]
+    assert {k.split(":")[0] for k in preds} == set(EFFECTS)
+    for name, v in preds.items():
+        assert v["tensors"] >= 2, name
+        if v["verdict"] in ("holds", "FAILS"):  # a verdict agrees with its interval
+            assert v["lo"] > 0 or v["hi"] < 0, name
+            assert (v["lo"] > 0) == (v["verdict"] == "holds"), name
+        else:
+            assert v["verdict"] == "not shown" and v["lo"] <= 0 <= v["hi"], name
+        assert any(iv["a"] == "long" and iv["b"] == "short" and iv["metric"] == name
+                   for iv in d["intervals"].values())  # fmt: skip
+    assert set(d["metrics"]["effects"]) == {"long", "short"}
+    bases = d["metrics"]["bases"]
+    assert bases["short"]["step"] < bases["long"]["step"]
+    curve = d["metrics"]["pretraining"]["curve"]
+    assert [r["step"] for r in curve][-1] == bases["long"]["step"]
+    assert {r["step"]: r["dev_accuracy"] for r in curve}[bases["short"]["step"]] == (
+        bases["short"]["dev_accuracy"]
+    )
+    sp = d["splits"]
+    assert sp["disjoint"] and sp["test_opened"] and sp["test_opened_after"] == sp["design_steps"]
+    assert set(sp["splits"]) == {"train", "test", "dev", "pretrain_val", "pretrain"}
+    assert set(d["baselines"]) == {"long/sft", "short/rl", "short/sft"}
+    for p in d["plots"]:
+        assert (tmp_path / p).stat().st_size > 0
+    (snaps,) = (tmp_path / ".control").glob("*/pretrain/snapshots")
+    kept = sorted(p.name for p in snaps.iterdir())  # only the two bases are kept
+    assert kept == sorted(f"step{bases[b]['step']}" for b in ("short", "long"))
+    for name in kept:
+        assert _bf16_tensors(snaps / name) == {"BF16"}
+    # a rerun resumes every pretraining evaluation and every arm from the memos
+    logs = []
+    run_control(tmp_path, ControlConfig.quick(), log=logs.append)
+    assert not any(m.startswith("pretrain step") for m in logs)
+    assert sum("resumed" in m for m in logs) == 4  # rl and sft, on each base
+    again = json.loads((tmp_path / "control.json").read_text())
+    assert again["metrics"]["predictions"] == preds
