@@ -197,6 +197,29 @@ def test_master_adamw_bf16_storage_follows_fp32_adamw():
     assert got.dtype == torch.float32 and torch.equal(got, master)
 
 
+def test_master_adamw_emulated_bf16_storage_equals_bf16_storage():
+    """fp32 parameters with storage_dtype=bf16 hold, step for step, exactly the values of a
+    bf16-stored parameter given the same gradients; the state round-trips with its master."""
+    torch.manual_seed(0)
+    w16 = torch.nn.Parameter(torch.randn(8, 8).to(torch.bfloat16))
+    wem = torch.nn.Parameter(w16.detach().float())
+    real = MasterAdamW([w16], lr=1e-3, weight_decay=0.1)
+    emu = MasterAdamW([wem], lr=1e-3, weight_decay=0.1, storage_dtype=torch.bfloat16)
+    for i in range(6):
+        g = torch.randn(8, 8, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
+        w16.grad, wem.grad = g, g.float()
+        real.step()
+        emu.step()
+        assert wem.dtype == torch.float32
+        assert torch.equal(wem.detach(), w16.detach().float()), i
+    master = emu.state[wem]["master"]
+    assert master.data_ptr() != wem.data_ptr() and not torch.equal(master, wem.detach())
+    again = MasterAdamW([torch.nn.Parameter(wem.detach().clone())], lr=1e-3,
+                        storage_dtype=torch.bfloat16)  # fmt: skip
+    again.load_state_dict(emu.state_dict())
+    assert torch.equal(next(iter(again.state.values()))["master"], master)
+
+
 def test_master_adamw_masks_every_update_weight_decay_included():
     w = torch.nn.Parameter(torch.ones(4, 4))
     mask = torch.zeros(4, 4, dtype=torch.bool)

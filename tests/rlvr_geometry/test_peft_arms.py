@@ -218,7 +218,8 @@ def test_every_peft_arm_runs_end_to_end(peft_study):
     assert set(PEFT_ARMS) <= set(rec.baselines)
     base = TensorSource.open(out / ".work" / "base-bf16")
     for arm in PEFT_ARMS:
-        ckpt = out / ".work" / arm / "seed0" / ("merged" if "mask" not in arm else "model")
+        # mask arms train in fp32 with bf16 storage emulated: stored/ is their bf16 copy
+        ckpt = out / ".work" / arm / "seed0" / ("merged" if "mask" not in arm else "stored")
         got = TensorSource.open(ckpt)
         assert got.keys() == base.keys(), arm
         for k in base:

@@ -71,3 +71,18 @@ def test_quick_study_end_to_end(tmp_path):
     rot = json.loads(next((tmp_path / ".work").glob("rotation-*.json")).read_text())
     assert rot["max_logit_change"] < 1e-4
     assert np.isfinite(rec.metrics["nss"]["mean"])
+    # compute fp32 (the default) emulates bf16 storage: the measured checkpoint is bf16 and
+    # every stored value of the fp32 training copy is bf16-representable
+    from fmlab.core.checkpoint import TensorSource
+
+    rl = tmp_path / ".work" / "rl" / "seed0"
+    stored, trained = TensorSource.open(rl / "stored"), TensorSource.open(rl / "model")
+    for k in stored:
+        a, b = stored.get(k), trained.get(k)
+        assert a.dtype == torch.bfloat16 and b.dtype == torch.float32, k
+        assert torch.equal(a.float(), b), k
+
+
+def test_compute_must_be_fp32_or_bf16():
+    with pytest.raises(ValueError, match="compute"):
+        StudyConfig(compute="fp16")

@@ -7,6 +7,12 @@ explicit: each low-precision parameter gets an fp32 master copy, AdamW updates t
 the parameter is the master rounded to its own dtype after every step. fp32 parameters are
 their own master (no copy).
 
+``storage_dtype`` (e.g. ``torch.bfloat16``) emulates that storage on fp32 parameters: every
+parameter gets an fp32 master and, after each step, holds the master rounded to
+``storage_dtype`` (kept in its own dtype). The stored values are exactly those of a
+bf16-stored model; only the forward/backward arithmetic is fp32 — on a CPU without bf16
+instructions, bf16 matmuls run an order of magnitude slower than fp32 ones.
+
 ``masks`` (parameter -> bool tensor of its shape) restricts every update, weight decay
 included, to the True entries: fixed-mask sparse fine-tuning (e.g. principal-only vs
 off-principal masks).
@@ -36,12 +42,14 @@ class MasterAdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         masks: Mapping[torch.nn.Parameter, torch.Tensor] | None = None,
+        storage_dtype: torch.dtype | None = None,
     ):
         params = [p for p in params if p.requires_grad]
         if not params:
             raise ValueError("MasterAdamW got no trainable parameters")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps,
                                   "weight_decay": weight_decay})  # fmt: skip
+        self.storage_dtype = storage_dtype
         self.masks = {}
         for p, m in (masks or {}).items():
             if tuple(m.shape) != tuple(p.shape):
@@ -52,7 +60,8 @@ class MasterAdamW(torch.optim.Optimizer):
     def _master(self, p: torch.Tensor) -> torch.Tensor:
         st = self.state[p]
         if "master" not in st:
-            st["master"] = p.detach() if p.dtype == torch.float32 else p.detach().float().clone()
+            own = p.dtype == torch.float32 and self.storage_dtype is None
+            st["master"] = p.detach() if own else p.detach().float().clone()
         return st["master"]
 
     @torch.no_grad()
@@ -88,7 +97,9 @@ class MasterAdamW(torch.optim.Optimizer):
                 if mask is not None:
                     update = update * mask
                 master.add_(update, alpha=-lr)
-                if master is not p:
+                if self.storage_dtype is not None:
+                    p.copy_(master.to(self.storage_dtype))  # rounded as if stored so
+                elif master is not p:
                     p.copy_(master)  # rounded to the stored dtype
         return loss
 
@@ -105,7 +116,7 @@ class MasterAdamW(torch.optim.Optimizer):
             if not st or "exp_avg" not in st:
                 continue
             row = {k: st[k] for k in ("step", "exp_avg", "exp_avg_sq")}
-            if p.dtype != torch.float32:
+            if p.dtype != torch.float32 or self.storage_dtype is not None:
                 row["master"] = st["master"]
             state[i] = row
         groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
@@ -132,13 +143,14 @@ class MasterAdamW(torch.optim.Optimizer):
             self.state[p] = st
 
 
-def master_adamw(masks=None):
+def master_adamw(masks=None, storage_dtype: torch.dtype | None = None):
     """An ``optimizers=`` hook for :func:`fmlab.core.train.train` building :class:`MasterAdamW`
     from the run's ``TrainConfig`` (lr, betas, weight decay)."""
 
     def build(model, cfg):
         m = {} if masks is None else masks
         return [MasterAdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                            weight_decay=cfg.weight_decay, masks=m)]  # fmt: skip
+                            weight_decay=cfg.weight_decay, masks=m,
+                            storage_dtype=storage_dtype)]  # fmt: skip
 
     return build
