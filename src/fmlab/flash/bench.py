@@ -23,8 +23,9 @@ Stages (each resumable through a :class:`~fmlab.core.io.Memo` under ``out/.memo`
    (learning rate chosen per arm family on ``val`` at the dev seed, equal grid), at each test
    seed; test perplexity per block, before and after, paired intervals pick - baseline.
 7. **Speed**: the backbone and every recovered arm timed together (interleaved) on every
-   target; attention skipping at a long context; ExecuTorch export of the first pick with
-   parity and ExecuTorch prefill timing.
+   target; attention skipping at a long context; ExecuTorch export of the first pick (prefill
+   and static-KV-cache decode programs, each with parity) and ExecuTorch prefill and decode
+   timing of the pick and the backbone.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class BenchConfig:
     long_context: int = 2048
     skip_counts: tuple[int, ...] = (0, 6, 12)
     export: bool = True
+    # decode .pte parity: tokens decoded one by one from position 0 (past the 128 windows)
+    export_decode_steps: int = 256
     front_measured: int = 12  # predicted-front members re-measured
     checkpoints: bool = True  # recovery runs checkpoint under out/.recover (resumable)
     space: dict[str, Any] = field(default_factory=dict)  # SearchSpace overrides
@@ -436,21 +439,26 @@ def _speed(backbone, imp, shape, chosen, cfg, memo) -> dict:
 
 
 def _export(backbone, imp, pick, cfg, out) -> dict:
+    """The first pick's prefill and decode ``.pte`` with their parity checks, then ExecuTorch
+    latency of the pick and the backbone on every target, interleaved per target."""
     if not cfg.export:
         return {"status": "not run (--quick skips the ExecuTorch export)"}
-    from fmlab.flash.export import ExportError, export, measure_pte
+    from fmlab.flash.export import ExportError, export, export_decode, measure_pte_many
 
     try:
         m = prune(backbone, pick, scores=imp)
         # weights are not committed: the .pte stays in the (git-ignored) work folder
-        rep = export(m, out / ".memo" / "export" / "pick0.pte", seq_len=cfg.prefill_lengths[0])
-        rep["prefill_s"] = {
-            "pick0": measure_pte(m, cfg.prefill_lengths, threads=cfg.threads, repeats=cfg.repeats),
-            "backbone": measure_pte(
-                backbone, cfg.prefill_lengths, threads=cfg.threads, repeats=cfg.repeats
-            ),
-        }
-        rep["decode"] = "not exported: a static-KV-cache decode step is not built yet"
+        d = out / ".memo" / "export"
+        rep = export(m, d / "pick0.pte", seq_len=cfg.prefill_lengths[0])
+        n = cfg.export_decode_steps
+        rep["decode"] = export_decode(m, d / "pick0-decode.pte", max_len=n, steps=n)
+        lat = measure_pte_many({"pick0": m, "backbone": backbone}, cfg.prefill_lengths,
+                               cfg.decode_contexts, threads=cfg.threads, repeats=cfg.repeats,
+                               warmup=cfg.warmup, decode_tokens=cfg.decode_tokens)  # fmt: skip
+        rep["latency"], rep["timing"] = lat["latency"], lat["timing"]
+        rep["decode_cache"] = "static, max_len = context + decode_tokens per decode target"
+        rep["speedup"] = {t: lat["latency"]["backbone"][t] / v
+                          for t, v in lat["latency"]["pick0"].items()}  # fmt: skip
         return rep
     except ExportError as e:
         return {"status": "failed", "error": str(e)}
@@ -484,6 +492,10 @@ def _finish(out, cfg, command, t0, backbone, imp, shape, text, cands, lm, cv, gb
                         headline=False)  # fmt: skip
             intervals.append(pt)
     export_rep = _export(backbone, imp, picks[0], cfg, out)
+    for t, rec in export_rep.get("timing", {}).items():
+        intervals.append(paired(items_a=rec["arms"]["backbone"]["seconds"],
+                                items_b=rec["arms"]["pick0"]["seconds"], names=("backbone", "pick0"),
+                                metric=f"seconds_{t}_pick0_executorch", headline=False))  # fmt: skip
     plots = _plots(out, res, measured_front, held)
     base_ppl = math.exp(sum(base_nll) / len(base_nll))
     skip_lat = {k: v[f"decode@{cfg.long_context}"] for k, v in speed["skip"]["latency"].items()}

@@ -135,7 +135,9 @@ def measure_cmd(
     decode: str = typer.Option("128,2048", help="decode context lengths"),
     threads: int = typer.Option(1),
     repeats: int = typer.Option(5),
-    runtime: str = typer.Option("eager", help="eager | executorch (prefill only)"),
+    runtime: str = typer.Option(
+        "eager", help="eager | executorch (.pte per target; decode with a static KV cache)"
+    ),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Median prefill seconds and decode seconds/token (KV cache) at fixed threads."""
@@ -282,21 +284,37 @@ def recover_cmd(
 def export_cmd(
     model: str = typer.Option(..., help="a (pruned) model directory"),
     out: Path = typer.Option(..., help="the .pte file to write"),
-    seq_len: int = typer.Option(64, help="the exported prompt length (static shape)"),
+    seq_len: int = typer.Option(
+        64,
+        help="the exported prompt length (static shape); with --max-len: the tokens the "
+        "parity check decodes (at most max-len)",
+    ),
+    max_len: int = typer.Option(
+        0,
+        help="export the decode step with a static KV cache of this many positions "
+        "instead of the prefill (0: the prefill)",
+    ),
     atol: float = typer.Option(1e-3, help="max |logits .pte - eager| allowed"),
 ) -> None:
     """torch.export -> ExecuTorch .pte (XNNPACK), with an eager-vs-.pte logits check."""
-    from fmlab.flash.export import ExportError, executorch_available, export
+    from fmlab.flash.export import ExportError, executorch_available, export, export_decode
 
     why = executorch_available()
     if why:
         fail(why)
+    if max_len < 0:
+        fail(f"--max-len {max_len}: use a positive cache length, or 0 for the prefill")
     m, _ = _load_any(model)
     try:
-        rep = export(m, out, seq_len, atol=atol)
+        if max_len:
+            rep = export_decode(m, out, max_len, steps=min(seq_len, max_len), atol=atol)
+        else:
+            rep = export(m, out, seq_len, atol=atol)
     except (ExportError, OSError, ValueError) as e:
         fail(str(e))
-    typer.echo(f"wrote {out} ({rep['bytes']:,} bytes); max |Δlogits| {rep['max_abs_diff']:.2e}")
+    what = f" over {rep['steps']} decode steps" if max_len else ""
+    typer.echo(f"wrote {out} ({rep['bytes']:,} bytes); max |Δlogits|{what} "
+               f"{rep['max_abs_diff']:.2e}")  # fmt: skip
 
 
 @app.command("bench")

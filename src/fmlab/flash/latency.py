@@ -187,9 +187,10 @@ def measure(
 ) -> dict[str, float]:
     """``{target: median seconds}`` of one model (decode: seconds per token).
 
-    ``runtime="eager"`` times the PyTorch module; ``runtime="executorch"`` exports it to a
-    ``.pte`` (XNNPACK) per prefill length and times the ExecuTorch runtime (prefill only: a
-    decode step with a KV cache is not exported, see docs/flash.md)."""
+    ``runtime="eager"`` times the PyTorch module (decode with its dynamic KV cache);
+    ``runtime="executorch"`` exports it to XNNPACK ``.pte`` programs (one per prefill length,
+    a static-KV-cache decode step per context) and times the ExecuTorch runtime
+    (:func:`~fmlab.flash.export.measure_pte_many`, which also takes ``max_len``)."""
     if runtime == "eager":
         return measure_many({"model": model}, prefill_lengths, decode_contexts, **kw)["latency"][
             "model"
@@ -197,11 +198,7 @@ def measure(
     if runtime == "executorch":
         from fmlab.flash.export import measure_pte
 
-        if decode_contexts:
-            raise ValueError(
-                "runtime='executorch' measures prefill only: pass no decode contexts (decode_contexts=(), or --decode '')"
-            )
-        return measure_pte(model, prefill_lengths, **kw)
+        return measure_pte(model, prefill_lengths, decode_contexts, **kw)
     raise ValueError(f"unknown runtime {runtime!r}; choose one of: eager, executorch")
 
 

@@ -15,7 +15,9 @@ logits exactly (tested). A ``skip`` layer has no attention, no input norm and no
 attention layers are numbered densely in the cache, so decoding keeps one cache entry per
 attention layer. A ``window:W`` layer masks keys older than ``W`` positions and, when decoding,
 attends only over the last ``W`` cached positions (its cache keeps every position: memory is
-not reduced, compute is).
+not reduced, compute is). With a static cache (transformers ``StaticLayer``: fixed-length
+buffers, as in ``StaticCache`` and the ExecuTorch decode export) the window is applied by the
+mask alone, over the whole buffer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticLayer
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -127,8 +129,8 @@ class _WindowConfig:
 class FlashAttention(nn.Module):
     """Llama attention with its own head counts (``kv`` KV heads, ``kv * q_per_kv`` queries).
 
-    ``window``: keys older than ``window`` positions are masked (and sliced away when the
-    cache is longer than the window plus the new tokens)."""
+    ``window``: keys older than ``window`` positions are masked (and, with a dynamic cache,
+    sliced away when the cache is longer than the window plus the new tokens)."""
 
     def __init__(self, config: FlashConfig, kv_heads: int, cache_idx: int, window: int | None):
         super().__init__()
@@ -158,9 +160,13 @@ class FlashAttention(nn.Module):
         v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        static = False
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
-        if self.window is not None:
+            # a static layer returns its whole fixed-length buffer (unwritten slots included):
+            # its tail is not the newest keys, so the window is left to the mask alone
+            static = isinstance(cache.layers[self.layer_idx], StaticLayer)
+        if self.window is not None and not static:
             keep = input_shape[1] + self.window - 1  # the oldest key any new query can see
             if k.shape[2] > keep:
                 k, v = k[:, :, -keep:], v[:, :, -keep:]
