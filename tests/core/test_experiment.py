@@ -212,6 +212,25 @@ def test_tuning_resumes_from_a_memo(tmp_path):
     assert len(calls) == n and again.chosen["a"] == {"lr": 1.0}
 
 
+def test_two_tunings_on_one_memo_need_distinct_contexts(tmp_path):
+    """A bench that tunes once per setting (e.g. per sparsity) on one memo must not read the
+    second tuning's scores back from the first (rsparse did once: every sparsity got 30%'s)."""
+    sp = Splits.build(make_items, seed=0)
+    memo = Memo(tmp_path / "tune.json", key="v1")
+    grid = {"lr": [0.5, 1.0, 1.5]}
+
+    def at(shift):
+        return lambda arm, params, val: -((params["lr"] - shift) ** 2)
+
+    t1 = tune(["a"], grid, at(0.5), val=sp["val"], memo=memo, context="s=0.3")
+    with pytest.raises(ValueError, match="distinct context"):
+        tune(["a"], grid, at(1.5), val=sp["val"], memo=memo, context="s=0.3")
+    t2 = tune(["a"], grid, at(1.0), val=sp["val"], memo=memo, context="s=0.4")
+    assert t1.chosen["a"] == {"lr": 0.5} and t2.chosen["a"] == {"lr": 1.0}
+    scores = [p["score"] for p in t2.arms["a"].points]
+    assert scores == [-0.25, 0.0, -0.25]  # its own scores, not the first tuning's
+
+
 # -- arms x seeds ---------------------------------------------------------------------------
 def test_run_arms_resumes_from_the_memo_without_recomputing(tmp_path):
     calls = []

@@ -235,7 +235,8 @@ def _tune(cfg, models: _Models, ts, memo) -> dict:
             return _nll(models.apply(arm, s, params), val_ids, cfg)
 
         tunings[f"{s:g}"] = tune(list(grids), grids, score, val=ts.splits["val"], mode="min",
-                                 bounds={"alpha": (0.0, 1.0)}, memo=memo)  # fmt: skip
+                                 bounds={"alpha": (0.0, 1.0)}, memo=memo,
+                                 context=f"s={s:g}")  # fmt: skip
         models.log(f"val choices at {s:g}: {tunings[f'{s:g}'].chosen}")
     return tunings
 

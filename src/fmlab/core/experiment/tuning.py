@@ -159,8 +159,9 @@ def _points(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
 class _Scorer:
     """Evaluates points of one arm (through the memo when given) and keeps the best."""
 
-    def __init__(self, arm, evaluate, val, mode, memo):
+    def __init__(self, arm, evaluate, val, mode, memo, context: str = ""):
         self.arm, self.evaluate, self.val, self.memo = arm, evaluate, val, memo
+        self.context = context
         self.sign = 1.0 if mode == "max" else -1.0
         self.points: list[dict[str, Any]] = []
         self.best_i = -1
@@ -173,7 +174,8 @@ class _Scorer:
             return float(self.evaluate(self.arm, dict(params), self.val))
 
         if self.memo is not None:
-            name = "tune|" + json.dumps([self.arm, params], sort_keys=True, default=repr)
+            what = [self.arm, params] if not self.context else [self.context, self.arm, params]
+            name = "tune|" + json.dumps(what, sort_keys=True, default=repr)
             score = float(self.memo.get_or_compute(name, compute))
         else:
             score = compute()
@@ -264,6 +266,7 @@ def tune(
     bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
     seed: int = 0,
     memo=None,
+    context: str = "",
 ) -> Tuning:
     """Tune every arm with the same budget on ``val`` (rule in the module docstring).
 
@@ -283,6 +286,10 @@ def tune(
             are >= 0).
         seed: seeds the sample when a grid has more points than the budget.
         memo: an optional :class:`fmlab.core.io.Memo` so an interrupted tuning resumes.
+        context: what distinguishes this tuning from another one on the same ``memo`` (e.g.
+            ``"s=0.5"`` when a bench tunes once per sparsity); part of every memo key. A second
+            call on one memo with the same context raises: its points would be read back from
+            the first call's scores (this happened once: every sparsity got 30%'s choices).
 
     Raises:
         SealedSplitError: ``val`` is a sealed split.
@@ -295,6 +302,15 @@ def tune(
             f"tune refuses the sealed split {val.name!r}: tune on the validation split (e.g. "
             "splits['val']) and evaluate the chosen settings on test once, after open_test()"
         )
+    if memo is not None:
+        used = memo.__dict__.setdefault("_tune_contexts", set())
+        if context in used:
+            raise ValueError(
+                f"tune was already called on the memo {memo.path} with context {context!r}: "
+                "pass a distinct context= per tuning (e.g. the sparsity or task), or its "
+                "scores would be the earlier tuning's"
+            )
+        used.add(context)
     grids = _grids_for(list(arms), grid)
     sizes = {a: len(_points(g)) for a, g in grids.items()}
     budget = budget if budget is not None else max(sizes.values())
@@ -315,7 +331,7 @@ def tune(
     res: dict[str, ArmTuning] = {}
     with design:
         for arm, g in grids.items():
-            scorer = _Scorer(arm, evaluate_val, val, mode, memo)
+            scorer = _Scorer(arm, evaluate_val, val, mode, memo, context)
             res[arm] = _tune_arm(arm, g, scorer, budget, rng, max_widen, scale, bounds)
     return Tuning(res, budget, mode, max_widen, _split_info(val))
 
