@@ -351,8 +351,7 @@ def measure_pte_many(
     the shape of :func:`~fmlab.flash.latency.measure_many`: ``{"latency": {model: {target:
     s}}, "timing": {target: record}, "threads", "repeats", "warmup", "decode_tokens",
     "max_len"}``."""
-    from fmlab.core.experiment import timeit_interleaved
-    from fmlab.flash.latency import parse_target, targets
+    from fmlab.flash.latency import targets, time_targets
 
     if threads < 1 or repeats < 1 or decode_tokens < 1:
         raise ValueError("measure needs threads >= 1, repeats >= 1 and decode_tokens >= 1")
@@ -363,11 +362,9 @@ def measure_pte_many(
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
     _unsafe_reset_threadpool(threads)
-    lat: dict[str, dict[str, float]] = {name: {} for name in models}
-    timing: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
-        for target in targets(prefill_lengths, decode_contexts):
-            kind, n = parse_target(target)
+
+        def fns_for(kind: str, n: int) -> dict[str, Any]:
             fns = {}
             for k, (name, m) in enumerate(models.items()):
                 p = Path(d) / f"{k}-{kind}{n}.pte"
@@ -380,12 +377,12 @@ def measure_pte_many(
                     atomic_write_bytes(p, _decode_bytes(m, max_len or n + decode_tokens))
                     method, _ = _decode_method(p)
                     fns[name] = _pte_decode_fn(method, m.config.vocab_size, n, decode_tokens)
-            t = timeit_interleaved(fns, repeats=repeats, threads=threads, warmup=warmup)
-            per = decode_tokens if kind == "decode" else 1
-            for name in models:
-                lat[name][target] = t.median(name) / per
-            timing[target] = t.to_record()
-            del fns
+            return fns
+
+        lat, timing = time_targets(
+            list(models), targets(prefill_lengths, decode_contexts), fns_for,
+            threads=threads, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
+        )  # fmt: skip
     return {"latency": lat, "timing": timing, "threads": threads, "repeats": repeats,
             "warmup": warmup, "decode_tokens": decode_tokens, "max_len": max_len}  # fmt: skip
 

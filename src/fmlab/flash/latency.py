@@ -11,7 +11,7 @@ FLOP and parameter proxies' rank correlation with the same measurements.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,20 +154,16 @@ def measure_many(
         raise ValueError("measure needs threads >= 1, repeats >= 1 and decode_tokens >= 1")
     for m in models.values():
         m.eval()
-    lat: dict[str, dict[str, float]] = {name: {} for name in models}
-    timing: dict[str, Any] = {}
-    for target in targets(prefill_lengths, decode_contexts):
-        kind, n = parse_target(target)
+
+    def fns_for(kind: str, n: int) -> dict[str, Callable[[], Any]]:
         if kind == "prefill":
-            fns = {name: _prefill_fn(m, n) for name, m in models.items()}
-        else:
-            fns = {name: _decode_fn(m, n, decode_tokens) for name, m in models.items()}
-        t = timeit_interleaved(fns, repeats=repeats, threads=threads, warmup=warmup)
-        per = decode_tokens if kind == "decode" else 1
-        for name in models:
-            lat[name][target] = t.median(name) / per
-        timing[target] = t.to_record()
-        del fns
+            return {name: _prefill_fn(m, n) for name, m in models.items()}
+        return {name: _decode_fn(m, n, decode_tokens) for name, m in models.items()}
+
+    lat, timing = time_targets(
+        list(models), targets(prefill_lengths, decode_contexts), fns_for,
+        threads=threads, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
+    )  # fmt: skip
     return {
         "latency": lat,
         "timing": timing,
@@ -176,6 +172,34 @@ def measure_many(
         "warmup": warmup,
         "decode_tokens": decode_tokens,
     }
+
+
+def time_targets(
+    names: Sequence[str],
+    target_names: Sequence[str],
+    fns_for: Callable[[str, int], dict[str, Callable[[], Any]]],
+    *,
+    threads: int,
+    repeats: int,
+    warmup: int,
+    decode_tokens: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Per target, the callables ``fns_for(kind, n)`` (one per model name) timed interleaved
+    (:func:`timeit_interleaved`): ``({name: {target: median s}}, {target: timing record})``;
+    decode targets are seconds per token (each call runs ``decode_tokens`` steps). Shared by
+    the eager and the ExecuTorch measurements, so both report the same statistic."""
+    lat: dict[str, dict[str, float]] = {name: {} for name in names}
+    timing: dict[str, Any] = {}
+    for target in target_names:
+        kind, n = parse_target(target)
+        fns = fns_for(kind, n)
+        t = timeit_interleaved(fns, repeats=repeats, threads=threads, warmup=warmup)
+        per = decode_tokens if kind == "decode" else 1
+        for name in names:
+            lat[name][target] = t.median(name) / per
+        timing[target] = t.to_record()
+        del fns
+    return lat, timing
 
 
 def measure(
