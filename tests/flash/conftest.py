@@ -1,5 +1,9 @@
 """Tiny Llama backbones built in-process (no downloads) and their importance scores."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -23,3 +27,18 @@ def calib():
 @pytest.fixture(scope="session")
 def scores(backbone, calib):
     return importance(backbone, calib)
+
+
+def _run_script(script: str, *args) -> dict:
+    res = subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def run_script():
+    """``run_script(script, *args)``: ``script`` in a fresh interpreter (ExecuTorch's torchao
+    stays out of the test process), its last stdout line parsed as JSON; a non-zero exit fails
+    the test with the end of its stderr."""
+    return _run_script

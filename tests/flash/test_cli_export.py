@@ -2,8 +2,6 @@
 the ExecuTorch export's parity on a non-uniform pick."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -56,7 +54,7 @@ def test_cli_measure_a_saved_pruned_model(backbone, scores, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(executorch_available() is not None, reason="ExecuTorch not installed")
-def test_nonuniform_pick_exports_to_pte_with_parity(backbone, scores, tmp_path):
+def test_nonuniform_pick_exports_to_pte_with_parity(backbone, scores, tmp_path, run_script):
     """A saved non-uniform pick (full, skip and window layers), loaded with AutoModel, exports
     to .pte in its own process (ExecuTorch's torchao stays out of the test process): export
     checks |logits_pte - logits_eager| <= 1e-3 on its ids, and the .pte's logits on other ids
@@ -66,11 +64,7 @@ def test_nonuniform_pick_exports_to_pte_with_parity(backbone, scores, tmp_path):
     p.save_pretrained(tmp_path / "m")
     pte = tmp_path / "p.pte"
     ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(9))
-    res = subprocess.run([sys.executable, "-c", EXPORT, str(tmp_path / "m"), str(pte),
-                          ",".join(map(str, ids[0].tolist()))],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_script(EXPORT, tmp_path / "m", pte, ",".join(map(str, ids[0].tolist())))
     assert out["report"]["parity"] and out["report"]["max_abs_diff"] <= 1e-3
     assert pte.stat().st_size == out["report"]["bytes"] > 0
     with torch.no_grad():

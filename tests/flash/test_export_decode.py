@@ -2,10 +2,6 @@
 sequence match eager on a non-uniform arch (full, skip and window layers, per-layer KV heads),
 its decode timing, too-long contexts refused, and the static-cache hook in the eager model."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers import StaticCache
@@ -64,7 +60,7 @@ print(json.dumps({"report": rep, "logits": run_pte_decode(sys.argv[2], ids).toli
 
 @pytest.mark.slow
 @needs_et
-def test_decode_pte_matches_eager_token_by_token(backbone, scores, tmp_path):
+def test_decode_pte_matches_eager_token_by_token(backbone, scores, tmp_path, run_script):
     """A saved non-uniform pick, loaded with AutoModel, exports its decode step in its own
     process (torchao stays out of this one): export's own check (8 steps vs eager no-cache
     logits, 1e-3), then other ids decoded through the .pte against eager logits computed here,
@@ -73,11 +69,7 @@ def test_decode_pte_matches_eager_token_by_token(backbone, scores, tmp_path):
     p.save_pretrained(tmp_path / "m")
     pte = tmp_path / "d.pte"
     ids = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(9))
-    res = subprocess.run([sys.executable, "-c", PARITY, str(tmp_path / "m"), str(pte),
-                          ",".join(map(str, ids[0].tolist()))],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_script(PARITY, tmp_path / "m", pte, ",".join(map(str, ids[0].tolist())))
     rep = out["report"]
     assert rep["parity"] and rep["max_abs_diff"] <= 1e-3 and rep["steps"] == 8
     assert rep["max_len"] == 10 and pte.stat().st_size == rep["bytes"] > 0
@@ -99,15 +91,12 @@ print(json.dumps(measure_pte_many({"m": m}, (), (5,), repeats=3, warmup=1, decod
 
 @pytest.mark.slow
 @needs_et
-def test_decode_pte_timing_is_per_token_median(backbone, scores, tmp_path):
+def test_decode_pte_timing_is_per_token_median(backbone, scores, tmp_path, run_script):
     """ExecuTorch decode at a tiny context: seconds per token = median of the timed calls over
     the tokens per call, as the eager measurement reports (one layer: a short lowering)."""
     p = prune(backbone, FlashArch([0], [64], [1], ["full"]), scores=scores)
     p.save_pretrained(tmp_path / "m")
-    res = subprocess.run([sys.executable, "-c", TIMING, str(tmp_path / "m")],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_script(TIMING, tmp_path / "m")
     assert set(out["latency"]["m"]) == {"decode@5"} and out["decode_tokens"] == 2
     secs = out["timing"]["decode@5"]["arms"]["m"]["seconds"]
     assert len(secs) == 3 and all(s > 0 for s in secs)
