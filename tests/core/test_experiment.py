@@ -21,6 +21,7 @@ from fmlab.core.experiment import (
     format_delta,
     interval_plot,
     paired,
+    ratio_interval,
     record_fields,
     run_arms,
     t_interval,
@@ -473,3 +474,21 @@ def test_paired_items_distinct_across_seeds_are_each_resampled():
     assert distinct.per_item.estimate == pytest.approx(float((a - b).mean()))
     with pytest.raises(ValueError, match="items_across_seeds"):
         paired(items_a=a, items_b=b, items_across_seeds="other")
+
+
+def test_ratio_interval_is_the_t_interval_of_log_ratios():
+    dense = [1.0, 1.1, 0.95, 1.05, 1.2]
+    sparse = [0.8, 0.82, 0.77, 0.8, 0.9]
+    r = ratio_interval(dense, sparse)
+    logs = np.log(np.array(dense) / np.array(sparse))
+    t = t_interval(logs)
+    assert r.estimate == pytest.approx(math.exp(logs.mean()))  # geometric mean of the ratios
+    assert (r.lo, r.hi) == pytest.approx((math.exp(t.lo), math.exp(t.hi)))
+    assert r.lo < r.estimate < r.hi and r.lo > 1 and r.p == t.p and r.n == 5
+    assert r.method == "per-repeat t on log ratio"
+    flat = ratio_interval([1.0, 2.0], [1.0, 2.0])  # identical repeats: ratio exactly 1
+    assert (flat.estimate, flat.lo, flat.hi, flat.p) == (1.0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        ratio_interval([1.0, 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="paired"):
+        ratio_interval([1.0, 2.0], [1.0])

@@ -27,6 +27,7 @@ from fmlab.core.experiment.stats import (
     compare,
     format_delta,
     paired,
+    ratio_interval,
     t_interval,
 )
 from fmlab.core.experiment.timing import (
@@ -57,6 +58,7 @@ __all__ = [
     "interval_plot",
     "measure_peak_rss",
     "paired",
+    "ratio_interval",
     "record_fields",
     "run_arms",
     "t_interval",
