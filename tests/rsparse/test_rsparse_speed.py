@@ -33,3 +33,12 @@ def test_speed_record_has_intervals_verdict_and_measured_traffic(tmp_path):
     assert b4["union_kept_fraction_measured"] >= b4["kept_fraction_measured"]
     heads = [k for k, v in rec["intervals"].items() if v["headline"]]
     assert heads and all("log tokens/s" in k for k in heads)
+    # an interrupted run resumes from the memo beside the record: every cell comes back
+    # untimed, with the same intervals (recomputed from the stored per-repeat seconds)
+    lines = []
+    run_speed(tmp_path / "out", cfg, log=lines.append)
+    again = json.loads((tmp_path / "out/speed.json").read_text())
+    n = len(m["cells"])
+    assert again["metrics"]["resumed_cells"] == n
+    assert sum(" from " in ln for ln in lines) == n
+    assert again["metrics"]["cells"] == m["cells"] and again["intervals"] == rec["intervals"]

@@ -27,6 +27,7 @@ import torch
 
 from fmlab.core.cliutil import log as _log
 from fmlab.core.experiment import paired, ratio_interval, record_fields, timeit_interleaved
+from fmlab.core.io import Memo
 from fmlab.core.results import ResultRecord, Timer, bar_plot, peak_rss_mb, write_record
 from fmlab.rsparse import kernel
 from fmlab.rsparse.data import load_model, text_splits
@@ -251,8 +252,9 @@ def _counters() -> dict:
     return {n: (lambda i=i: float(kernel.COUNTERS[i])) for n, i in _COUNTER_SLOTS.items()}
 
 
-def _time_batch(cfg, dtype, batch, arms, text, cells, intervals, log) -> None:
-    """Every thread count x phase cell of one dtype and batch."""
+def _time_batch(cfg, dtype, batch, arms, text, cells, intervals, log, memo=None) -> None:
+    """Every thread count x phase cell of one dtype and batch; a cell already in ``memo``
+    (an interrupted run's) is taken from it, not timed again."""
     span = cfg.prompt_tokens + cfg.new_tokens  # each row: its prompt, then its continuation
     rows = text[: batch * span].reshape(batch, span)
     prompt, cont = rows[:, : cfg.prompt_tokens], rows[:, cfg.prompt_tokens :]
@@ -274,6 +276,12 @@ def _time_batch(cfg, dtype, batch, arms, text, cells, intervals, log) -> None:
             names = [a for (p, a) in fns if p == phase]
             tokens = batch * (cfg.new_tokens if phase == "decode" else per)
             key = f"{dtype}|threads={threads}|batch={batch}|{phase}"
+            main = batch == 1 and dtype == cfg.dtypes[0] and threads == _main_threads(cfg)
+            if memo is not None and key in memo:
+                cells[key] = memo.get(key)
+                log(f"speed {key}: from {memo.path}")
+                _cell_intervals(cfg, key, names, cells[key], main, intervals)
+                continue
             log(f"speed {key}: {', '.join(names)}")
             load_before = os.getloadavg()
             t = timeit_interleaved(
@@ -289,15 +297,21 @@ def _time_batch(cfg, dtype, batch, arms, text, cells, intervals, log) -> None:
                           "tokens": tokens, "orders": t.orders, "arms": cell,
                           "loadavg_before": list(load_before),
                           "loadavg_after": list(os.getloadavg())}  # fmt: skip
-            main = batch == 1 and dtype == cfg.dtypes[0] and threads == _main_threads(cfg)
-            for a in names[1:] if cfg.repeats >= 2 else []:
-                # log tok/s: a − dense = log(dense s / a s) of the same round, so the interval
-                # is the speed-up's (exp of its ends; metrics carry the ratio form)
-                p = paired(-np.log(t.seconds[a]), -np.log(t.seconds["dense"]),
-                           names=(a, "dense"), metric=f"log tokens/s {key}",
-                           headline=main and a == "rsparse")  # fmt: skip
-                intervals.append(p)
+            if memo is not None:
+                cells[key] = memo.put(key, cells[key])
+            _cell_intervals(cfg, key, names, cells[key], main, intervals)
             log("  " + ", ".join(f"{a} x{r['speedup_vs_dense']:.2f}" for a, r in cell.items()))
+
+
+def _cell_intervals(cfg, key, names, cell, main, intervals) -> None:
+    """Paired intervals of each arm against dense from a cell's per-repeat seconds."""
+    secs = {a: np.asarray(cell["arms"][a]["seconds"], float) for a in names}
+    for a in names[1:] if cfg.repeats >= 2 else []:
+        # log tok/s: a − dense = log(dense s / a s) of the same round, so the interval
+        # is the speed-up's (exp of its ends; metrics carry the ratio form)
+        p = paired(-np.log(secs[a]), -np.log(secs["dense"]), names=(a, "dense"),
+                   metric=f"log tokens/s {key}", headline=main and a == "rsparse")  # fmt: skip
+        intervals.append(p)
 
 
 def _main_threads(cfg) -> int:
@@ -306,9 +320,14 @@ def _main_threads(cfg) -> int:
 
 
 def run_speed(out_dir: str | Path, cfg: SpeedConfig = SpeedConfig(), log=_log) -> ResultRecord:
-    """Time every cell, write ``speed.json`` and ``speed.png`` into ``out_dir``."""
+    """Time every cell, write ``speed.json`` and ``speed.png`` into ``out_dir``.
+
+    Each finished cell is kept in a memo beside the record (``.rsparse-speed.partial.json``,
+    keyed by the config), so an interrupted run resumes with the cells it has not timed.
+    Cells from a resumed run were timed in an earlier process: the record counts them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    memo = Memo(out / ".rsparse-speed.partial.json", asdict(cfg), log=log)
     cells: dict[str, dict] = {}
     intervals: list = []
     with Timer() as total:
@@ -320,9 +339,10 @@ def run_speed(out_dir: str | Path, cfg: SpeedConfig = SpeedConfig(), log=_log) -
         for dtype in cfg.dtypes:
             arms, sources = _build_arms(cfg, dtype, calib)
             for batch in cfg.batches:
-                _time_batch(cfg, dtype, batch, arms, text, cells, intervals, log)
+                _time_batch(cfg, dtype, batch, arms, text, cells, intervals, log, memo)
             del arms
     rec = _record(cfg, cells, intervals, sources, out)
+    rec.metrics["resumed_cells"] = memo.resumed
     rec.wall_s = total.s
     write_record(rec, out / "speed.json")
     return rec
