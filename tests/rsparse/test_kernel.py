@@ -195,3 +195,13 @@ def test_calibration_memory_is_bounded():
     # a uniform sample: its quantiles are those of the data
     q = torch.tensor([0.1, 0.5, 0.9])
     torch.testing.assert_close(torch.quantile(res.sample(), q), q, atol=0.05, rtol=0)
+
+
+def test_serial_and_parallel_builds_have_separate_cache_entries():
+    """numba keys its on-disk cache by function name and line, not by compile flags: built
+    from one function, the parallel kernel loaded the serial machine code (one thread)."""
+    files = [getattr(getattr(f, "_cache", None), "_cache_file", None)
+             for f in (kernel._serial, kernel._parallel)]  # fmt: skip
+    if any(f is None for f in files):
+        pytest.skip("numba's cache internals changed")
+    assert files[0]._index_name != files[1]._index_name
