@@ -31,6 +31,10 @@ def test_speed_record_has_intervals_verdict_and_measured_traffic(tmp_path):
     b4 = m["cells"]["float32|threads=1|batch=4|decode"]["arms"]["rsparse"]
     # a channel any row keeps is read once: the union is at least each row's own share
     assert b4["union_kept_fraction_measured"] >= b4["kept_fraction_measured"]
+    # the no-linears arm times everything but the block linears: their share and the ceiling
+    row = m["by_dtype"]["float32@1t"]
+    assert 0 < row["block_linear_share_of_dense_decode"] < 1
+    assert row["speedup_ceiling_at_bytes_read"] > 1 and "decode_b4_rsparse-fallback" in row
     heads = [k for k, v in rec["intervals"].items() if v["headline"]]
     assert heads and all("log tokens/s" in k for k in heads)
     # an interrupted run resumes from the memo beside the record: every cell comes back

@@ -259,24 +259,34 @@ _local = threading.local()
 
 def _workspace(b: int, d_in: int, d_out: int, r: int, blocks: int):
     """C-contiguous scratch for one call, carved from per-thread flat buffers that grow only
-    when a larger layer, batch or thread count appears (so never per token)."""
+    when a larger layer, batch or thread count appears (so never per token). The views of each
+    shape are kept, so a decode step costs one dict lookup here."""
+    key = (b, d_in, d_out, r, blocks)
+    views = getattr(_local, "views", None)
+    if views is not None and key in views:
+        return views[key]
     need = (d_in, b * d_in, b * max(r, 1), blocks * b * d_out)
     ws = getattr(_local, "ws", None)
     if ws is None or any(n > len(a) for n, a in zip(need, ws, strict=True)):
         old = ws or (np.empty(0, np.int32),) + (np.empty(0, np.float32),) * 3
         ws = tuple(np.empty(max(n, len(a)), a.dtype) for n, a in zip(need, old, strict=True))
-        _local.ws = ws
+        _local.ws, _local.views = ws, {}  # the old views keep the old buffers alive: drop them
     kept, coef, z, part = ws
-    return (
+    out = (
         kept[:d_in],
         coef[: b * d_in].reshape(b, d_in),
         z[: b * r].reshape(b, r),
         part[: blocks * b * d_out].reshape(blocks, b, d_out),
     )
+    _local.views[key] = out
+    return out
 
 
 def max_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS if AVAILABLE else 1
+
+
+_MAX_THREADS = max_threads()
 
 
 def sparse_lowrank_gemm(x, wt, col_norm, tau, vt, us, y, threads: int = 1, counts=None) -> None:
@@ -292,7 +302,7 @@ def sparse_lowrank_gemm(x, wt, col_norm, tau, vt, us, y, threads: int = 1, count
     """
     b, d_in = x.shape
     counts = COUNTERS if counts is None else counts
-    threads = max(1, min(int(threads), max_threads()))
+    threads = max(1, min(threads, _MAX_THREADS))
     kept, coef, z, part = _workspace(b, d_in, wt.shape[1], vt.shape[1], threads)
     if threads == 1:
         _serial(x, wt, col_norm, tau, vt, us, y, kept, coef, z, part, counts, 1)

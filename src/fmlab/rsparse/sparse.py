@@ -56,9 +56,10 @@ TAIL_FRACTION = 0.1
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CALIB_SAMPLES = 16384  # scores kept per module (a reservoir sample, sorted after calibration)
 # Decode batches up to this size go through the kernel. It reads the union of the rows' kept
-# channels, which at 50% and batch 4 is already most rows (the speed bench measures the
-# crossover and records it: ``kernel_batch_crossover``); set_max_kernel_batch changes it.
-MAX_KERNEL_BATCH = 4
+# channels, which at 50% and batch 4 is already ~90% of the rows: at batch 4 and 2 threads
+# the kernel measured 0.94x (fp32) and 0.83x (bf16) of dense against 0.95x and 0.97x for the
+# dense fallback (docs/results/rsparse/speed.json, by_dtype); set_max_kernel_batch changes it.
+MAX_KERNEL_BATCH = 1
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -217,7 +218,7 @@ class RSparseLinear(nn.Module):
     def _kernel_ok(self, x: torch.Tensor) -> bool:
         return (
             self.fast
-            and x.device.type == "cpu"
+            and x.is_cpu
             and x.dtype is self.weight.dtype
             and x.dtype in _KERNEL_DTYPES
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
@@ -266,8 +267,11 @@ class RSparseLinear(nn.Module):
         return self._kstate
 
     def _decode(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        wt, cn, vt, us = self._kernel_args()
-        x2 = x.detach().reshape(rows, self.in_features).contiguous()
+        ks = self._kstate
+        wt, cn, vt, us = ks if ks is not None and self._wt is None else self._kernel_args()
+        x2 = x.detach().reshape(rows, self.in_features)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
         y = torch.empty((rows, self.out_features), dtype=x.dtype)
         if x.dtype is torch.bfloat16:
             xv, yv = x2.view(torch.int16).numpy().view(np.uint16), y.view(torch.int16).numpy()

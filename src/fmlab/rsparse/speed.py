@@ -33,6 +33,8 @@ from fmlab.rsparse import kernel
 from fmlab.rsparse.data import load_model, text_splits
 from fmlab.rsparse.recipe import shipped_recipe
 from fmlab.rsparse.sparse import (
+    MAX_KERNEL_BATCH,
+    TARGETS,
     calibrate,
     rsparse_modules,
     set_max_kernel_batch,
@@ -44,19 +46,35 @@ __all__ = ["PHASE_ARMS", "SpeedConfig", "cache_kwarg", "run_speed"]
 
 # which arms each (phase, batch) cell times; "dense" is always the reference
 PHASE_ARMS = {
-    ("decode", 1): ("dense", "rsparse", "teal", "kernel-dense"),
+    ("decode", 1): ("dense", "rsparse", "teal", "kernel-dense", "no-linears"),
     ("decode", 4): ("dense", "rsparse", "teal", "rsparse-fallback"),
     ("prefill", 1): ("dense", "rsparse", "rsparse-masked"),
     ("prefill", 4): ("dense", "rsparse", "rsparse-masked"),
 }
 NOTES = {
     "dense": "the HF model as loaded (nn.Linear, torch)",
-    "rsparse": "shipped R-Sparse recipe, protocol 'decode' (prefill dense, decode via kernel)",
+    "rsparse": "shipped R-Sparse recipe, protocol 'decode' (prefill dense, decode through the "
+    "kernel at every batch timed: at batch 4 that is forced, the library's default sends batches "
+    "above MAX_KERNEL_BATCH to the dense layer, which is rsparse-fallback)",
     "teal": "shipped TEAL-greedy recipe (|x| scores), protocol 'decode'",
     "kernel-dense": "R-Sparse layers with every channel kept, forced through the kernel",
     "rsparse-fallback": "the rsparse model with the kernel off (max_kernel_batch 0: dense)",
     "rsparse-masked": "the rsparse model under protocol 'all' (masked GEMM + low rank)",
+    "no-linears": "the dense model with the seven block linears returning zeros (no weight "
+    "read): the time of everything else in a decode step (attention, norms, LM head, Python), "
+    "so dense / no-linears bounds the speed-up any sparsity of the block linears can give",
 }
+
+
+class _Zeros(torch.nn.Module):
+    """Stands in for a block linear in the ``no-linears`` arm: zeros of the output shape."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.out_features = linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,12 @@ def _build_arms(cfg: SpeedConfig, dtype: str, calib: list[torch.Tensor]) -> dict
     for mod in rsparse_modules(m).values():
         mod.set_threshold(-1.0)  # scores are >= 0: every channel passes, through the kernel
     models["kernel-dense"] = m
+    m, _ = load_model(cfg.model, dtype=dtype)
+    for mod in list(m.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.Linear) and name in TARGETS:
+                setattr(mod, name, _Zeros(child))
+    models["no-linears"] = m
 
     def mode(model, protocol, max_batch):
         def setup():
@@ -143,6 +167,7 @@ def _build_arms(cfg: SpeedConfig, dtype: str, calib: list[torch.Tensor]) -> dict
         "kernel-dense": (models["kernel-dense"], mode(models["kernel-dense"], "decode", mk)),
         "rsparse-fallback": (models["rsparse"], mode(models["rsparse"], "decode", 0)),
         "rsparse-masked": (models["rsparse"], mode(models["rsparse"], "all", mk)),
+        "no-linears": (models["no-linears"], lambda: None),
     }
     return arms, sources
 
@@ -393,6 +418,8 @@ def _record(cfg, cells, intervals, sources, out) -> ResultRecord:
                                               "block_bytes_fraction_read"),
             "lm_head_bytes_per_step": pick(dt, t_main, 1, "decode", "rsparse",
                                            "lm_head_bytes_per_step"),
+            "by_dtype": _summary(cfg, cells),
+            "max_kernel_batch_default": MAX_KERNEL_BATCH,
             "cells": cells,
             "peak_rss_mb": peak_rss_mb(),
             "numba_threading_layer": _threading_layer(),
@@ -452,6 +479,46 @@ def _record(cfg, cells, intervals, sources, out) -> ResultRecord:
         ],
         **record_fields(intervals=intervals),
     )
+
+
+def _summary(cfg: SpeedConfig, cells: dict) -> dict:
+    """Per dtype and thread count: the batch-1 decode and prefill speed-ups with their
+    intervals, batch 4 through the kernel against the dense fallback, and what the
+    ``no-linears`` arm measured: the share of a dense decode step spent in the block linears
+    and the speed-up ceiling it implies at the measured fraction of their bytes read
+    (derived: dense / (rest + fraction × linears))."""
+    out: dict = {}
+    for dt in cfg.dtypes:
+        for t in _thread_counts(cfg):
+
+            def arm(batch, phase, name, dt=dt, t=t):
+                cell = cells.get(f"{dt}|threads={t}|batch={batch}|{phase}")
+                return None if cell is None else cell["arms"].get(name)
+
+            row: dict = {}
+            for name in ("rsparse", "teal", "kernel-dense"):
+                a = arm(1, "decode", name)
+                if a:
+                    row[f"decode_b1_{name}"] = [a["speedup_vs_dense"], a.get("speedup_ci95")]
+            a = arm(1, "prefill", "rsparse")
+            if a:
+                row["prefill_b1_rsparse"] = [a["speedup_vs_dense"], a.get("speedup_ci95")]
+            for name in ("rsparse", "rsparse-fallback"):
+                a = arm(max(cfg.batches), "decode", name)
+                if a and max(cfg.batches) > 1:
+                    row[f"decode_b{max(cfg.batches)}_{name}"] = [
+                        a["speedup_vs_dense"],
+                        a.get("speedup_ci95"),
+                    ]
+            dense, rest, rs = (arm(1, "decode", n) for n in ("dense", "no-linears", "rsparse"))
+            if dense and rest:
+                td, t0 = dense["median_s"], rest["median_s"]
+                row["block_linear_share_of_dense_decode"] = 1.0 - t0 / td
+                if rs and rs.get("block_bytes_fraction_read") is not None:
+                    f = rs["block_bytes_fraction_read"]
+                    row["speedup_ceiling_at_bytes_read"] = td / (t0 + f * (td - t0))
+            out[f"{dt}@{t}t"] = row
+    return out
 
 
 def _threading_layer() -> str | None:
