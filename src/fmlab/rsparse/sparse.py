@@ -76,12 +76,12 @@ def budget(d_in: int, d_out: int, sparsity: float, alpha: float) -> tuple[int, i
 class RSparseLinear(nn.Module):
     """Drop-in for ``nn.Linear`` (same weight and bias, same output when nothing is sparse).
 
-    The weight keeps its shape and values. The decode kernel reads Wᵀ row-major (input channel
-    j's column as one contiguous row). An fp32 weight is stored that way in place: fp32 GEMM
-    runs as fast on it (measured). A bf16 weight keeps torch's row-major layout, and the
-    kernel gets its own transposed copy on first use (2 bytes per weight more): bf16 GEMM on the
-    transposed layout was 12× slower for a 512-token prefill on an AVX2 CPU (61.5 against
-    719 ms; on CPUs with AVX512-BF16 both layouts are equally fast).
+    The weight is the linear's own, in torch's layout. The decode kernel reads Wᵀ row-major
+    (input channel j's column as one contiguous row) and gets its own transposed copy on first
+    use (one more copy of the weight, only where the kernel runs). Storing the weight
+    transposed in place instead slowed every dense path that runs on it: bf16 GEMM was 12×
+    slower for a 512-token prefill on an AVX2 CPU (719 against 61.5 ms), and fp32 decode at
+    batch 4 and 2 threads fell to 0.93× dense through the dense fallback.
     """
 
     def __init__(
@@ -95,10 +95,7 @@ class RSparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
-        if self.weight.dtype is torch.float32:
-            with torch.no_grad():
-                self.weight.data = self.weight.data.t().contiguous().t()
-        self._wt: torch.Tensor | None = None  # the kernel's Wᵀ when the weight is row-major
+        self._wt: torch.Tensor | None = None  # the kernel's Wᵀ (a copy), made on first use
         self._wt_key: tuple[int, int] | None = None
         self.bias = linear.bias
         self.weighted = bool(weighted)
@@ -244,12 +241,9 @@ class RSparseLinear(nn.Module):
         if self._kstate is None:
             r, d_in, d_out = self.rank, self.in_features, self.out_features
             w = self.weight.detach()
-            if w.dtype is torch.float32 and not w.t().is_contiguous():  # loaded afterwards
-                self.weight.data = w.t().contiguous().t()
-                w = self.weight.detach()
-            if w.t().is_contiguous():
+            if w.t().is_contiguous():  # a weight already stored transposed: no copy needed
                 wt = w.t()
-            else:  # bf16: a transposed copy, remade only when the weight itself changes
+            else:  # a transposed copy, remade only when the weight itself changes
                 key = (w.data_ptr(), self.weight._version)
                 if self._wt is None or self._wt_key != key:
                     self._wt, self._wt_key = w.t().contiguous(), key

@@ -394,8 +394,8 @@ def _record(cfg, cells, intervals, sources, out) -> ResultRecord:
     metrics["verdict"] = {
         "decode_faster_than_dense": None if ci is None else bool(ci[0] > 1.0),
         "decode_target_1.3x_shown": None if ci is None else bool(ci[0] >= 1.3),
-        # under protocol 'decode' the rsparse prefill IS the dense GEMM (through the wrapper's
-        # transposed weights); the margin: the interval's lower end at least 0.95x dense
+        # under protocol 'decode' the rsparse prefill IS the dense GEMM (through the wrapper, on
+        # the same weight); the margin: the interval's lower end at least 0.95x dense
         "prefill_no_slower_within_5pct": None if pci is None else bool(pci[0] >= 0.95),
         "at_threads": t_main,
         "rule": "from the 95% interval over paired repeats (ratio_interval), not the point",
