@@ -428,6 +428,8 @@ def _record(cfg, cells, intervals, sources, out) -> ResultRecord:
     bars = {}
     for t in threads:
         for a in PHASE_ARMS[("decode", 1)]:
+            if a == "no-linears":  # a bound, not an arm a user runs (it is in by_dtype)
+                continue
             v = pick(dt, t, 1, "decode", a, "tokens_per_s")
             if v is not None:
                 bars[f"{a} @{t}t"] = v
