@@ -6,8 +6,8 @@ Splits (document-level, by a seeded hash of each document's id, over the prose c
 among searched recipes and uniform α) and ``test`` (the quality table; sealed until every
 design step is done). ``--calib-text FILE`` replaces ``calib`` by the documents of a user file;
 every split is then still checked disjoint from the others by content hash
-(:class:`fmlab.core.experiment.Splits`), so a calibration file that contains test text is
-refused.
+(:class:`fmlab.core.experiment.Splits`), and a calibration file that contains a piece of any
+val or test document (probes of 160 characters) is refused.
 """
 
 from __future__ import annotations
@@ -38,11 +38,39 @@ def make_splits(seed: int = 0, calib_text: str | None = None) -> dict[str, list[
         calib = read_text_documents(calib_text)
         if not any(d.text.strip() for d in calib):
             raise ValueError(f"{calib_text}: the calibration text is empty; give a text file")
+        _refuse_held_out_text(calib_text, calib, parts)
     return {
         "calib": [d.text for d in calib if d.text.strip()],
         "val": [d.text for d in parts["val"]],
         "test": [d.text for d in parts["test"]],
     }
+
+
+PROBE_CHARS = 160  # length of each probe taken from a held-out document
+
+
+def _refuse_held_out_text(path, calib, parts) -> None:
+    """A user calibration file is one document (or a few), so the content-hash check of
+    ``Splits`` would only catch a held-out document copied whole and alone. Also refuse a file
+    that contains a piece of any val or test document: three probes (start, middle, end) of
+    each, looked up as substrings (whitespace normalised)."""
+    from fmlab.core.experiment.splits import SplitError
+
+    text = " ".join(" ".join(d.text.split()) for d in calib)
+    for name in ("val", "test"):
+        for d in parts[name]:
+            doc = " ".join(d.text.split())
+            if len(doc) < PROBE_CHARS:
+                probes = [doc] if len(doc) >= 40 else []
+            else:
+                mid = (len(doc) - PROBE_CHARS) // 2
+                probes = [doc[:PROBE_CHARS], doc[mid : mid + PROBE_CHARS], doc[-PROBE_CHARS:]]
+            if any(p in text for p in probes):
+                raise SplitError(
+                    f"{path}: the calibration text contains part of a {name!r} document of "
+                    "the prose corpus, so that split would no longer be held out; remove it "
+                    "or calibrate on other text"
+                )
 
 
 class TextSplits:

@@ -261,8 +261,7 @@ class RSparseLinear(nn.Module):
         return self._kstate
 
     def _decode(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        ks = self._kstate
-        wt, cn, vt, us = ks if ks is not None and self._wt is None else self._kernel_args()
+        wt, cn, vt, us = self._kernel_args()
         x2 = x.detach().reshape(rows, self.in_features)
         if not x2.is_contiguous():
             x2 = x2.contiguous()
