@@ -16,7 +16,9 @@ def test_splits_are_disjoint_and_test_is_sealed():
     ts = TextSplits(_Tok(), seed=0)
     assert ts.splits.check() is not None and "test" in ts.splits.sealed
     parts = make_splits(0)
-    assert not set(parts["calib"]) & set(parts["test"]) and not set(parts["val"]) & set(parts["test"])
+    assert not set(parts["calib"]) & set(parts["test"]) and not set(parts["val"]) & set(
+        parts["test"]
+    )
     assert ts.ids("val", 5, "val text").numel() == 5
     with pytest.raises(SealedSplitError):
         ts.ids("test", 5, "test text")  # before open_test()
