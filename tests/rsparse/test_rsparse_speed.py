@@ -25,6 +25,9 @@ def test_speed_record_has_intervals_verdict_and_measured_traffic(tmp_path):
     assert lo <= rs["speedup_geomean"] <= hi and m["decode_speedup_ci95"] == [lo, hi]
     assert m["verdict"]["decode_faster_than_dense"] == (lo > 1.0)
     assert m["verdict"]["prefill_no_slower_within_5pct"] == (m["prefill_speedup_ci95"][0] >= 0.95)
+    ends = m["verdict"]["prefill_lower_ends"]
+    assert set(ends) == {"float32@batch1", "float32@batch4"}
+    assert m["verdict"]["prefill_all_within_5pct"] == all(v >= 0.95 for v in ends.values())
     assert 0.2 < rs["kept_fraction_measured"] < 0.8  # ~50% sparsity, measured not budgeted
     assert 0 < rs["block_bytes_fraction_read"] < 1 and rs["lm_head_bytes_per_step"] > 0
     assert len(rs["counters_per_repeat"]["bytes_read"]) == 3

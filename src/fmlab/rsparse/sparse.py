@@ -285,7 +285,7 @@ class RSparseLinear(nn.Module):
 
 def _count_dense(m: RSparseLinear, rows: int, kept: int) -> None:
     """Count a torch-path call in the kernel's counters: it reads every weight row."""
-    c = kernel.COUNTERS
+    c = kernel.TORCH_COUNTS
     c[kernel.C_CALLS] += 1
     c[kernel.C_ROWS] += rows
     c[kernel.C_SEEN] += rows * m.in_features

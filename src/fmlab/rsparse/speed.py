@@ -274,7 +274,7 @@ _COUNTER_SLOTS = {"calls": kernel.C_CALLS, "rows": kernel.C_ROWS, "channels_seen
 
 
 def _counters() -> dict:
-    return {n: (lambda i=i: float(kernel.COUNTERS[i])) for n, i in _COUNTER_SLOTS.items()}
+    return {n: (lambda i=i: float(kernel.count(i))) for n, i in _COUNTER_SLOTS.items()}
 
 
 def _time_batch(cfg, dtype, batch, arms, text, cells, intervals, log, memo=None) -> None:
@@ -397,6 +397,17 @@ def _record(cfg, cells, intervals, sources, out) -> ResultRecord:
         # under protocol 'decode' the rsparse prefill IS the dense GEMM (through the wrapper, on
         # the same weight); the margin: the interval's lower end at least 0.95x dense
         "prefill_no_slower_within_5pct": None if pci is None else bool(pci[0] >= 0.95),
+        # the same rule for every dtype and batch at these threads (the key above is fp32,
+        # batch 1): lower end of each cell's interval, and whether all pass
+        "prefill_lower_ends": (
+            ends := {
+                f"{d}@batch{b}": c[0]
+                for d in cfg.dtypes
+                for b in cfg.batches
+                if (c := pick(d, t_main, b, "prefill", "rsparse", "speedup_ci95")) is not None
+            }
+        ),
+        "prefill_all_within_5pct": all(v >= 0.95 for v in ends.values()) if ends else None,
         "at_threads": t_main,
         "rule": "from the 95% interval over paired repeats (ratio_interval), not the point",
     }
