@@ -57,8 +57,9 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 CALIB_SAMPLES = 16384  # scores kept per module (a reservoir sample, sorted after calibration)
 # Decode batches up to this size go through the kernel. It reads the union of the rows' kept
 # channels, which at 50% and batch 4 is already ~90% of the rows: at batch 4 and 2 threads
-# the kernel measured 0.94x (fp32) and 0.83x (bf16) of dense against 0.95x and 0.97x for the
-# dense fallback (docs/results/rsparse/speed.json, by_dtype); set_max_kernel_batch changes it.
+# the bf16 kernel measured 0.86-0.87x of dense in two runs, fp32 0.93x in one and 1.11x in the
+# other, against 0.96-0.99x for the dense fallback (docs/rsparse.md, by_dtype of the speed
+# records); set_max_kernel_batch changes it.
 MAX_KERNEL_BATCH = 1
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
