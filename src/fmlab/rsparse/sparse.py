@@ -263,9 +263,7 @@ class RSparseLinear(nn.Module):
 
     def _decode(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         wt, cn, vt, us = self._kernel_args()
-        x2 = x.detach().reshape(rows, self.in_features)
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
+        x2 = x.detach().reshape(rows, self.in_features).contiguous()
         y = torch.empty((rows, self.out_features), dtype=x.dtype)
         if x.dtype is torch.bfloat16:
             xv, yv = x2.view(torch.int16).numpy().view(np.uint16), y.view(torch.int16).numpy()

@@ -373,10 +373,16 @@ def run_speed(out_dir: str | Path, cfg: SpeedConfig = SpeedConfig(), log=_log) -
     return rec
 
 
+def _arm(cells, dtype, threads, batch, phase, arm) -> dict | None:
+    """One arm's numbers in one timed cell, or None if that cell or arm was not timed."""
+    c = cells.get(f"{dtype}|threads={threads}|batch={batch}|{phase}")
+    return None if c is None else c["arms"].get(arm)
+
+
 def _record(cfg, cells, intervals, sources, out) -> ResultRecord:
     def pick(dtype, threads, batch, phase, arm, field):
-        c = cells.get(f"{dtype}|threads={threads}|batch={batch}|{phase}")
-        return None if c is None or arm not in c["arms"] else c["arms"][arm].get(field)
+        a = _arm(cells, dtype, threads, batch, phase, arm)
+        return None if a is None else a.get(field)
 
     threads = _thread_counts(cfg)
     t_main = _main_threads(cfg)
@@ -505,8 +511,7 @@ def _summary(cfg: SpeedConfig, cells: dict) -> dict:
         for t in _thread_counts(cfg):
 
             def arm(batch, phase, name, dt=dt, t=t):
-                cell = cells.get(f"{dt}|threads={t}|batch={batch}|{phase}")
-                return None if cell is None else cell["arms"].get(name)
+                return _arm(cells, dt, t, batch, phase, name)
 
             row: dict = {}
             for name in ("rsparse", "teal", "kernel-dense"):
