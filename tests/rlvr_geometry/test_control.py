@@ -3,6 +3,7 @@ that the pretraining text holds no held-out prompt, and the quick control end to
 bf16 bases, resume)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from fmlab.rlvr_geometry.control import (
     pretraining_splits,
     run_control,
 )
-from fmlab.rlvr_geometry.study import StudyConfig, make_splits
+from fmlab.rlvr_geometry.study import StudyConfig, make_splits, run_study
 
 
 def _curve(losses, accs, every=50):
@@ -143,6 +144,21 @@ def test_quick_control_end_to_end_and_resumes(tmp_path):
     assert kept == sorted(f"step{bases[b]['step']}" for b in ("short", "long"))
     for name in kept:
         assert _bf16_tensors(snaps / name) == {"BF16"}
+    # the study on the control's plateau base: its splits include what the base was
+    # pretrained on (checked disjoint), and its record names the base and the signal probe
+    study = run_study(tmp_path, replace(StudyConfig.quick(), model="control",
+                                        interventions=()), log=lambda *_: None)  # fmt: skip
+    s = study.setup
+    assert s["control_base"]["path"] == str(snaps / f"step{bases['long']['step']}")
+    assert (
+        s["model"] == s["control_base"]["path"]
+        and s["control_base"]["step"] == bases["long"]["step"]
+    )
+    assert s["signal_probe"]["fraction"] >= s["signal_probe"]["min_fraction"]
+    assert s["command"] == "fmlab rlvr-geometry bench --model control"
+    ssp = json.loads((tmp_path / "study.json").read_text())["splits"]
+    assert ssp["disjoint"] and set(ssp["splits"]) == set(sp["splits"])
+    assert ssp["splits"]["test"]["digest"] == sp["splits"]["test"]["digest"]
     # a rerun resumes every pretraining evaluation and every arm from the memos
     logs = []
     run_control(tmp_path, ControlConfig.quick(), log=logs.append)

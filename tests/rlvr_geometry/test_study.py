@@ -2,14 +2,17 @@
 splits are right, and the quick study runs end to end with verdicts resting on intervals."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from fmlab.core.models import build_model
+from fmlab.rlvr_geometry.control import ControlError
 from fmlab.rlvr_geometry.study import (
     StudyConfig,
+    StudyError,
     last_int_reward,
     make_splits,
     rotate_value_output,
@@ -86,3 +89,18 @@ def test_quick_study_end_to_end(tmp_path):
 def test_compute_must_be_fp32_or_bf16():
     with pytest.raises(ValueError, match="compute"):
         StudyConfig(compute="fp16")
+
+
+def test_a_base_that_gives_grpo_no_signal_is_refused_before_any_arm(tmp_path):
+    # the tiny random model never writes the right sum: every group's rewards are equal, so RL
+    # would learn nothing; the probe says so and names the fix, and no arm or record is written
+    cfg = replace(StudyConfig.quick(), reward="sum")
+    with pytest.raises(StudyError, match=r"0 have differing rewards.*--model control"):
+        run_study(tmp_path, cfg, log=lambda *_: None)
+    assert not (tmp_path / "study.json").exists()
+    assert not list((tmp_path / ".work").glob("rl*"))
+
+
+def test_the_control_base_needs_the_control_record(tmp_path):
+    with pytest.raises(ControlError, match="bench --control --out"):
+        run_study(tmp_path, replace(StudyConfig.quick(), model="control"), log=lambda *_: None)

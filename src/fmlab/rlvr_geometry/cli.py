@@ -153,7 +153,11 @@ def bench_cmd(
     quick: bool = typer.Option(False, help="a tiny random model, 3 steps (claims nothing)"),
     steps: int = typer.Option(None, help="optimizer steps per arm (default 60)"),
     rl_seeds: int = typer.Option(None, help="number of RL seeds (default 3)"),
-    model: str = typer.Option(None, help="the base (default: the bundled SmolLM2-135M)"),
+    model: str = typer.Option(
+        None,
+        help="the base (default: the bundled SmolLM2-135M); 'control': the plateau base that "
+        "`bench --control` pretrained into the same --out",
+    ),
     arms: str = typer.Option(
         None,
         help="comma-separated interventions run beside rl and sft, replacing the default set; "
@@ -169,7 +173,8 @@ def bench_cmd(
 ) -> None:
     """RL vs SFT from one base and the interventions of the three gates (docs/rlvr_geometry.md)."""
     from fmlab.core.experiment import with_overrides
-    from fmlab.rlvr_geometry.study import StudyConfig, parse_arms, run_study
+    from fmlab.rlvr_geometry.control import ControlError
+    from fmlab.rlvr_geometry.study import StudyConfig, StudyError, parse_arms, run_study
 
     if control:
         if model or arms:
@@ -185,7 +190,10 @@ def bench_cmd(
                              interventions=parse_arms(arms) if arms else None)  # fmt: skip
     except ValueError as e:
         fail(str(e))
-    rec = run_study(out, cfg)
+    try:
+        rec = run_study(out, cfg)
+    except (StudyError, ControlError) as e:
+        fail(str(e))
     for name, v in rec.metrics["predictions"].items():
         typer.echo(f"{name}: {v['verdict']}")
     typer.echo(f"wrote {out / 'study.json'}")

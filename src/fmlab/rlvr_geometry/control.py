@@ -52,6 +52,7 @@ weaker. fmlab's design:
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import shutil
@@ -490,13 +491,47 @@ def run_control(out_dir: str | Path, cfg: ControlConfig | None = None,
         torch.set_num_threads(before)
 
 
+def control_base(out: str | Path, which: str = "long") -> tuple[Path, dict, Splits]:
+    """A base the control chose (``long``: its plateau base), from ``<out>/control.json``: its
+    directory, its entry in the record, and the control's checked splits rebuilt from the
+    record's split parameters (the study's train/test, the pretraining sets and DEV), so a study
+    on the base checks its prompts against what the base was pretrained on. Raises
+    :class:`ControlError` naming what is missing and the command that makes it."""
+    out = Path(out)
+    rec = out / "control.json"
+    make = f"fmlab rlvr-geometry bench --control --out {out}"
+    if not rec.is_file():
+        raise ControlError(f"no control record {rec}: run `{make}` first (it pretrains the base)")
+    try:
+        d = json.loads(rec.read_text())
+        base = d["metrics"]["bases"][which]
+        step = int(base["step"])
+        params, prose_seed = dict(d["splits"]["params"]), int(d["setup"]["pretrain_seed"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ControlError(
+            f"{rec} has no {which} base or split parameters ({e}); rerun `{make}`"
+        ) from None
+    found = sorted(out.glob(f".control/*/pretrain/snapshots/step{step}"))
+    found = [d for d in found if (d / "config.json").is_file()]
+    if len(found) != 1:
+        what = "none was found" if not found else f"{len(found)} were: {', '.join(map(str, found))}"
+        raise ControlError(f"{rec} names the {which} base at step {step}, but {what} under "
+                           f"{out}/.control; rerun `{make}`, or pass the base's directory as "
+                           "--model")  # fmt: skip
+    return found[0], base, _build_splits(params, prose_seed)[0]
+
+
 def _splits(cfg: ControlConfig) -> tuple[Splits, dict]:
     s = cfg.study
     params = {"digits": s.digits, "n_train": s.n_train, "n_test": s.n_test, "n_dev": cfg.n_dev,
               "n_val": cfg.n_pretrain_val, "stream_seed": cfg.stream_seed,
               "n_pretrain": cfg.n_pretrain}  # fmt: skip
+    return _build_splits(params, cfg.pretrain_seed)
+
+
+def _build_splits(params: dict, prose_seed: int) -> tuple[Splits, dict]:
     items = make_control_splits(seed=0, **params)
-    prose = split_documents(prose_documents(), (0.9, 0.1), ("train", "val"), seed=cfg.pretrain_seed)
+    prose = split_documents(prose_documents(), (0.9, 0.1), ("train", "val"), seed=prose_seed)
     texts = [d.text for docs in prose.values() for d in docs]
     return pretraining_splits(items, texts, seed=0, params=params), prose
 

@@ -38,7 +38,7 @@ early and a plateau checkpoint of the same run) writes its own record, ``control
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,14 @@ from fmlab.core.evaluate import generate
 from fmlab.core.experiment import Splits, paired, record_fields, run_arms
 from fmlab.core.io import Memo, atomic_dir, atomic_write_json
 from fmlab.core.results import ResultRecord, Timer, grouped_bar_plot, peak_rss_mb, write_record
-from fmlab.core.rl import GRPOConfig, master_adamw, train_grpo, train_sft
+from fmlab.core.rl import (
+    GRPOConfig,
+    RolloutSource,
+    master_adamw,
+    read_rollout_log,
+    train_grpo,
+    train_sft,
+)
 from fmlab.core.train import TrainConfig
 from fmlab.rlvr_geometry.analyze import analyze
 from fmlab.rlvr_geometry.metrics import bf16_changed
@@ -59,14 +66,17 @@ from fmlab.rlvr_geometry.peft_arms import fixed_masks, max_logit_change, merge_l
 
 __all__ = [
     "ARM_SETTINGS",
+    "CONTROL_BASE",
     "GATE_ARMS",
     "PEFT_ARMS",
     "StudyConfig",
+    "StudyError",
     "last_int_reward",
     "make_splits",
     "parse_arms",
     "rotate_value_output",
     "run_study",
+    "signal_probe",
 ]
 
 CLAIM = (
@@ -350,14 +360,8 @@ class _Study:
         train_rows = list(self.splits["train"])
         with Timer() as t:
             if s["kind"] == "rl":
-                gcfg = GRPOConfig(num_generations=cfg.num_generations,
-                                  prompts_per_step=cfg.prompts_per_step,
-                                  max_new_tokens=cfg.max_new_tokens, loss_type="dapo",
-                                  epsilon=s.get("epsilon", 0.2),  # DAPO: 0.2 / 0.28
-                                  epsilon_high=s.get("epsilon", 0.28),
-                                  beta=s.get("beta", 0.0))  # fmt: skip
-                res = train_grpo(model, tok, train_rows, [REWARDS[cfg.reward]], gcfg, tcfg, run_dir,
-                                 optimizers=optimizers)  # fmt: skip
+                res = train_grpo(model, tok, train_rows, [REWARDS[cfg.reward]], _grpo(cfg, s),
+                                 tcfg, run_dir, optimizers=optimizers)  # fmt: skip
             else:
                 pairs = [(r["prompt"], r["answer"]) for r in train_rows]
                 res = train_sft(model, tok, pairs, tcfg, run_dir, optimizers=optimizers)
@@ -381,6 +385,8 @@ class _Study:
             "accuracy_before": float(np.mean(acc0)), "accuracy_after": float(np.mean(acc1)),
             "correct_before": acc0, "correct_after": acc1, "train_seconds": t.s, **extra,
         })  # fmt: skip
+        if s["kind"] == "rl":
+            row.update(_rollout_stats(run_dir))
         return row
 
     def _measure(self, base: Path, ckpt: Path) -> dict:
@@ -390,7 +396,7 @@ class _Study:
         c = rep["checkpoints"][0]
         o = c["summary"]["overall"]
         k_top = str(cfg.ks[-1])
-        row = {g: o[g] for g in GEOMETRY}
+        row = {g: o.get(g) for g in GEOMETRY}  # overlaps are undefined where nothing changed
         row.update({
             "principal_angle_max_deg": o["principal_angle_max_deg"][k_top],
             "per_tensor_nss": [e["nss"] for e in c["tensors"]],
@@ -402,6 +408,58 @@ class _Study:
             "base": str(base), "checkpoint": str(ckpt),
         })  # fmt: skip
         return row
+
+
+def _grpo(cfg: StudyConfig, s: dict) -> GRPOConfig:
+    """The GRPO settings of an RL arm (DAPO-style loss, clip 0.2 / 0.28 unless the arm sets one)."""
+    return GRPOConfig(num_generations=cfg.num_generations, prompts_per_step=cfg.prompts_per_step,
+                      max_new_tokens=cfg.max_new_tokens, loss_type="dapo",
+                      epsilon=s.get("epsilon", 0.2), epsilon_high=s.get("epsilon", 0.28),
+                      beta=s.get("beta", 0.0))  # fmt: skip
+
+
+def _rollout_stats(run_dir: Path) -> dict:
+    """What the RL arm's rollouts gave it to learn from: the mean training reward, the fraction
+    of groups whose rewards differed (only those carry a GRPO gradient) and the steps in which
+    no group did."""
+    rows = read_rollout_log(run_dir)
+    if not rows:
+        return {}
+    mixed = [1.0 - r["uniform_groups"] for r in rows]
+    return {"train_reward_mean": float(np.mean([r["reward_mean"] for r in rows])),
+            "train_signal_groups": float(np.mean(mixed)),
+            "train_steps_without_signal": int(sum(m == 0 for m in mixed))}  # fmt: skip
+
+
+class StudyError(ValueError):
+    """The study cannot test the theory on this base (its precondition failed); the message
+    names the measurement and the fix."""
+
+
+MIN_SIGNAL = 0.25  # the probe's least fraction of prompt groups with differing rewards
+PROBE_BATCHES = 4  # rollout batches of the probe (prompts_per_step groups each)
+
+
+def signal_probe(cfg: StudyConfig, base: Path, rows: list[dict], seed: int = 12345) -> dict:
+    """Precondition: sample the RL recipe's rollouts from the base (``PROBE_BATCHES`` batches of
+    ``prompts_per_step`` groups of ``num_generations``, train prompts, the arms' sampler) and
+    count the groups whose rewards differ. GRPO learns only from those; a base that almost
+    never (or always) solves the task gives RL nothing to learn, and the geometry of its
+    "updates" would test nothing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto").float()
+    tok = AutoTokenizer.from_pretrained(base)
+    src = RolloutSource(model, tok, rows, [REWARDS[cfg.reward]], _grpo(cfg, ARM_SETTINGS["rl"]),
+                        seed=seed)  # fmt: skip
+    bs = cfg.num_generations * cfg.prompts_per_step
+    for step in range(PROBE_BATCHES):
+        src.batch(step, 0, 0, 1, bs)
+    groups = PROBE_BATCHES * cfg.prompts_per_step
+    mixed = round(sum((1.0 - r["uniform_groups"]) * cfg.prompts_per_step for r in src.history))
+    return {"groups": groups, "mixed_groups": mixed, "fraction": mixed / groups,
+            "reward_mean": float(np.mean([r["reward_mean"] for r in src.history])),
+            "min_fraction": MIN_SIGNAL, "seed": seed}  # fmt: skip
 
 
 def _prepare(model, s: dict, seed: int, storage_dtype: torch.dtype | None = None):
@@ -629,14 +687,52 @@ def run_study(out_dir: str | Path, cfg: StudyConfig | None = None, log=log_stder
         torch.set_num_threads(before)
 
 
+CONTROL_BASE = "control"  # StudyConfig.model: the control's plateau base (control.json in out)
+
+
+def _base_and_splits(out: Path, cfg: StudyConfig) -> tuple[StudyConfig, Splits, dict | None]:
+    """The study's base (``model="control"`` resolved to the control's plateau base in
+    ``out``) and its checked splits; on the control's base they include the pretraining sets,
+    so the run-time check covers what the base was pretrained on."""
+    if cfg.model != CONTROL_BASE:
+        splits = Splits.build(make_splits, seed=0, key=lambda r: r["prompt"], digits=cfg.digits,
+                              n_train=cfg.n_train, n_test=cfg.n_test)  # fmt: skip
+        return cfg, splits, None
+    from fmlab.rlvr_geometry.control import control_base
+
+    path, base, splits = control_base(out, "long")
+    params = splits.summary()["params"]
+    other = [k for k in ("digits", "n_train", "n_test") if params[k] != getattr(cfg, k)]
+    if other:
+        raise StudyError(f"the control in {out} built its splits with other {', '.join(other)} "
+                         f"({', '.join(f'{k}={params[k]}' for k in other)}); the study on its base "
+                         "must use the same")  # fmt: skip
+    return replace(cfg, model=str(path)), splits, {"path": str(path), **base}
+
+
 def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
-    splits = Splits.build(make_splits, seed=0, key=lambda r: r["prompt"], digits=cfg.digits,
-                          n_train=cfg.n_train, n_test=cfg.n_test)  # fmt: skip
+    cfg, splits, control = _base_and_splits(out, cfg)
     # nothing is tuned (every arm is the paper's recipe or one change from it): the test
     # prompts only score accuracy before and after training
     splits.open_test("no tuning: the arms are fixed before any run")
     study = _Study(cfg, out, splits, log)
     memo = Memo(out / ".memo" / "study.json", key={"cfg": asdict(cfg)})
+    probe = memo.get_or_compute(
+        "signal_probe",
+        lambda: signal_probe(cfg, study.base_dir(False, None), list(splits["train"])),
+    )
+    log(f"signal probe: {probe['mixed_groups']} of {probe['groups']} prompt groups of the base "
+        f"have differing rewards (mean reward {probe['reward_mean']:.3f})")  # fmt: skip
+    if probe["fraction"] < MIN_SIGNAL:
+        raise StudyError(
+            f"the base {cfg.model} gives GRPO almost nothing to learn from: in "
+            f"{probe['groups']} sampled prompt groups of {cfg.num_generations}, "
+            f"{probe['mixed_groups']} have differing rewards (mean reward "
+            f"{probe['reward_mean']:.3f}; the study needs at least {MIN_SIGNAL:.0%}). RL's "
+            "'updates' would then test nothing. Use a base that solves part of the task: "
+            f"`fmlab rlvr-geometry bench --control --out {out}` pretrains one, and "
+            f"`--model {CONTROL_BASE}` runs the study on it"
+        )
     with Timer() as t:
         main = run_arms({"rl": _settings(cfg, "rl")}, cfg.rl_seeds, study, memo, log=log)
         others = {a: _settings(cfg, a) for a in ("sft", *cfg.interventions)}
@@ -645,12 +741,14 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
     preds, comparisons, ivs = _predictions(cfg, main, other, pairs)
     summary = {**main.summary(), **other.summary()}
     plots = []
+    # a metric no seed of an arm has (e.g. the overlaps where nothing changed) plots as nan
+    stat = lambda a, m, k="mean": summary[a].get(m, {}).get(k, float("nan"))  # noqa: E731
     for m in ("sparsity_bf16", "nss", "principal_angle_max_deg"):
-        vals = {m: {a: summary[a][m]["mean"] for a in summary}}
-        errs = {m: {a: summary[a][m]["std"] for a in summary}}
+        vals = {m: {a: stat(a, m) for a in summary}}
+        errs = {m: {a: stat(a, m, "std") for a in summary}}
         grouped_bar_plot(out / f"study_{m}.png", vals, m, f"{m} by arm", errs)
         plots.append(f"study_{m}.png")
-    ov = {a: {k: summary[a][k]["mean"] for k in ("overlap_principal", "overlap_low", "overlap_random")}
+    ov = {a: {k: stat(a, k) for k in ("overlap_principal", "overlap_low", "overlap_random")}
           for a in summary}  # fmt: skip
     grouped_bar_plot(out / "study_overlaps.png", ov, "overlap with the mask", "overlaps by arm")
     plots.append("study_overlaps.png")
@@ -660,7 +758,10 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
         setup={
             **asdict(cfg),
             "arms": {"rl": _settings(cfg, "rl"), **others},
-            "command": "fmlab rlvr-geometry bench",
+            "signal_probe": probe,
+            "control_base": control,
+            "command": "fmlab rlvr-geometry bench"
+            + (f" --model {CONTROL_BASE}" if control else ""),
         },
         metrics={
             **{k: v for k, v in summary["rl"].items()},
