@@ -69,6 +69,12 @@ def test_quick_study_end_to_end(tmp_path):
             else:
                 assert v["lo"] <= 0 <= v["hi"]
     assert set(d["baselines"]) == {"sft", "rl-rotated"}
+    pre = d["metrics"]["preconditions"]  # measured before the verdicts are read
+    assert {"rl changed test accuracy", "sft changed test accuracy",
+            "stored rotated base scores like the base"} <= set(pre)  # fmt: skip
+    for name in ("rl changed test accuracy", "sft changed test accuracy"):
+        v = pre[name]
+        assert (v["verdict"] == "yes") == (not v["lo"] <= 0 <= v["hi"]), name
     assert any(iv["a"] == "rl" and iv["b"] == "sft" for iv in d["intervals"].values())
     # the rotated arm starts from the rotated base, which is the same function as the base
     rot = json.loads(next((tmp_path / ".work").glob("rotation-*.json")).read_text())

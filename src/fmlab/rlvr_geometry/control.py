@@ -91,6 +91,7 @@ from fmlab.rlvr_geometry.study import (
     StudyConfig,
     _accuracy,
     _per_item,
+    _preconditions,
     _prompt,
     _seed_pairs,
     _settings,
@@ -624,6 +625,7 @@ def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs) -
         },
         metrics={
             **summary["long"]["rl"],
+            "preconditions": {b: _preconditions(runs[b][0], runs[b][1]) for b in BASES},
             "predictions": preds,
             "effects": by_base,
             "bases": {

@@ -600,6 +600,53 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
     return v.preds, v.comparisons, v.ivs
 
 
+def _preconditions(main, other) -> dict:
+    """What the record must say before its verdicts are read, each measured: whether RL and SFT
+    changed test accuracy at all (paired over prompts: after − before), whether each Gate I
+    arm trained a different model from ``rl`` at the same seed (with one gradient step per
+    rollout batch the PPO ratio is exactly 1, so a clip cannot bind, and a KL penalty to a
+    policy that has barely moved is near 0), and whether the stored (bf16) rotated base scores
+    like the base (the rotation preserves the function in fp32; storing it in bf16 rounds it)."""
+    out: dict = {}
+    runs = {"rl": main, **{a: other for a in other.values}}
+    for arm in ("rl", "sft", "rl-lr"):
+        if arm in runs:
+            r = runs[arm]
+            after = np.nanmean(_per_item(r, arm, "correct_after"), axis=0)
+            before = np.nanmean(_per_item(r, arm, "correct_before"), axis=0)
+            p = paired(items_a=after, items_b=before, names=(f"{arm} after", "before"),
+                       metric=f"{arm} test accuracy change")  # fmt: skip
+            iv = p.per_item
+            out[f"{arm} changed test accuracy"] = {
+                "delta": iv.estimate, "lo": iv.lo, "hi": iv.hi, "prompts": len(after),
+                "verdict": "yes" if not iv.lo <= 0 <= iv.hi else "not shown: the geometry "
+                "below is of updates that did not measurably change what the model answers",
+            }  # fmt: skip
+    seed0 = main.seeds[0]
+    ref = main.values["rl"][seed0]
+    for arm in ("rl-clip", "rl-beta"):
+        if arm in other.values and seed0 in other.values[arm]:
+            a = np.array(other.values[arm][seed0]["per_tensor_nss"], dtype=float)
+            b = np.array(ref["per_tensor_nss"], dtype=float)
+            diff = float(np.nanmax(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+            out[f"{arm} differs from rl"] = {
+                "max_relative_nss_difference": diff,
+                "verdict": "yes" if diff > 1e-3 else "no: the intervention did not change the "
+                "trained model (its Gate I verdicts test nothing at this setting)",
+            }  # fmt: skip
+    if "rl-rotated" in other.values:
+        s0 = other.seeds[0]
+        rot = np.array(other.values["rl-rotated"][s0]["correct_before"], dtype=float)
+        base = np.array(ref["correct_before"], dtype=float)
+        out["stored rotated base scores like the base"] = {
+            "accuracy_base": float(base.mean()), "accuracy_rotated_base": float(rot.mean()),
+            "prompts_answered_differently": int((rot != base).sum()),
+            "verdict": "yes" if (rot == base).all() else "no: rounding the rotated weights to "
+            "bf16 changed some answers, so rl-rotated starts from a slightly different function",
+        }  # fmt: skip
+    return out
+
+
 def _peft_predictions(v: _Verdicts, main, other) -> None:
     """The spec's PEFT case studies (accuracy on the test prompts): principal-only sparse RL
     below dense (53.8 vs 57.4 in the paper) and below the off-principal mask, which nearly
@@ -739,6 +786,7 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
         other = run_arms(others, cfg.other_seeds, study, memo, log=log)
         pairs = _seed_pairs(cfg, main)
     preds, comparisons, ivs = _predictions(cfg, main, other, pairs)
+    pre = _preconditions(main, other)
     summary = {**main.summary(), **other.summary()}
     plots = []
     # a metric no seed of an arm has (e.g. the overlaps where nothing changed) plots as nan
@@ -765,6 +813,7 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
         },
         metrics={
             **{k: v for k, v in summary["rl"].items()},
+            "preconditions": pre,
             "predictions": preds,
             "comparisons": comparisons,
             "jaccard_pairs": [{k: v for k, v in p.items() if k != "tensors"} for p in pairs],
@@ -779,6 +828,8 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
             f"{list(cfg.other_seeds)}; every arm {cfg.steps} optimizer steps from the same base.",
             "Verdicts rest on paired bootstrap intervals (95%) over tensors (geometry) or test "
             "prompts (accuracy): " + "; ".join(f"{k}: {v['verdict']}" for k, v in preds.items()),
+            "Read the verdicts with the preconditions (measured): "
+            + "; ".join(f"{k}: {v['verdict']}" for k, v in pre.items()),
             "The short-pretrain control is its own record: control.json (fmlab rlvr-geometry "
             "bench --control).",
             *_peft_notes(cfg, other),
