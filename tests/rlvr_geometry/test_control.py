@@ -70,6 +70,12 @@ def test_control_splits_take_the_study_splits_and_a_separate_stream():
     assert items["train"] == study["train"] and items["test"] == study["test"]
     assert all(r["meta"]["a"] + r["meta"]["b"] == int(r["answer"]) for r in items["pretrain"])
     assert len(items["pretrain"]) == 300 and len(items["dev"]) == 10
+    # a + b and b + a are one item: a held-out pair is pretrained on in neither order
+    from fmlab.rlvr_geometry.study import row_key
+
+    held = {row_key(r) for n in ("train", "test", "dev", "pretrain_val") for r in items[n]}
+    assert not held & {row_key(r) for r in items["pretrain"]}
+    assert len(held) == sum(len(items[n]) for n in ("train", "test", "dev", "pretrain_val"))
     from fmlab.core.data.tasks import AdditionTask
 
     assert all(AdditionTask.carries(r["meta"]["a"], r["meta"]["b"]) >= 1 for r in items["dev"])

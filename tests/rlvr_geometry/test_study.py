@@ -16,6 +16,7 @@ from fmlab.rlvr_geometry.study import (
     last_int_reward,
     make_splits,
     rotate_value_output,
+    row_key,
     run_study,
 )
 
@@ -49,6 +50,9 @@ def test_splits_are_disjoint_and_seeded():
     s = make_splits(0, 2, 100, 40)
     assert len(s["train"]) == 100 and len(s["test"]) == 40
     assert not {r["prompt"] for r in s["train"]} & {r["prompt"] for r in s["test"]}
+    # a + b and b + a are one item: no commuted pair across (or within) the splits
+    keys = [row_key(r) for r in s["train"] + s["test"]]
+    assert len(keys) == len(set(keys))
     assert s == make_splits(0, 2, 100, 40)
     with pytest.raises(ValueError, match="distinct"):
         make_splits(0, 1, 100, 40)

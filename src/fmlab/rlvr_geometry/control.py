@@ -21,7 +21,7 @@ weaker. fmlab's design:
   the study's own builder (:func:`fmlab.rlvr_geometry.study.make_splits`); the pretraining
   pairs, a held-out pretraining set and a DEV set come from a separate seeded shuffle of every
   pair, with the study's pairs excluded. :func:`pretraining_splits` then checks all five sets
-  pairwise disjoint by prompt (:class:`fmlab.core.experiment.Splits`, test sealed) and that no
+  pairwise disjoint by operand pair (a + b and b + a are one item) (:class:`fmlab.core.experiment.Splits`, test sealed) and that no
   held-out prompt occurs verbatim in the pretraining prose; either overlap raises.
 - **Two bases from that run**, both saved in bf16 (the format whose sparsity the study
   measures), chosen without looking at the test prompts (:func:`choose_bases`, a pure function
@@ -98,6 +98,8 @@ from fmlab.rlvr_geometry.study import (
     _Study,
     _Verdicts,
     make_splits,
+    pair_key,
+    row_key,
 )
 
 __all__ = [
@@ -221,14 +223,17 @@ def make_control_splits(seed: int, digits: int, n_train: int, n_test: int, n_dev
     (``n_dev`` pairs with a carry, like the test), ``pretrain_val`` (``n_val`` pairs, held-out
     pretraining text) and ``pretrain`` (the rest, or the first ``n_pretrain``)."""
     study = make_splits(seed, digits, n_train, n_test)
-    taken = {(r["meta"]["a"], r["meta"]["b"]) for r in study["train"] + study["test"]}
+    taken = {row_key(r) for r in study["train"] + study["test"]}
     lo, hi = 10 ** (digits - 1), 10**digits
-    pairs = [(a, b) for a in range(lo, hi) for b in range(lo, hi) if (a, b) not in taken]
+    # a + b and b + a are one item: an operand pair is taken, held out or pretrained on in
+    # both orders (the pretraining text holds both; dev and pretrain_val ask one)
+    pairs = [(a, b) for a in range(lo, hi) for b in range(a, hi) if pair_key((a, b)) not in taken]
     random.Random(f"rlvr-control:{stream_seed}").shuffle(pairs)
     dev = [p for p in pairs if AdditionTask.carries(*p) >= 1][:n_dev]
     used = set(dev)
     rest = [p for p in pairs if p not in used]
-    val, pre = rest[:n_val], rest[n_val:]
+    val = rest[:n_val]
+    pre = [q for p in rest[n_val:] for q in ((p, p[::-1]) if p[0] != p[1] else (p,))]
     pre = pre if n_pretrain is None else pre[:n_pretrain]
     if len(dev) < n_dev or len(val) < n_val or not pre:
         raise ValueError(f"only {len(pairs)} {digits}-digit pairs are left after the study's; "
@@ -237,14 +242,10 @@ def make_control_splits(seed: int, digits: int, n_train: int, n_test: int, n_dev
             "pretrain": [_row(*p) for p in pre]}  # fmt: skip
 
 
-def _prompt_key(row: dict) -> str:
-    return row["prompt"]
-
-
 def pretraining_splits(items: Mapping[str, Sequence[dict]], prose: Sequence[str], *,
                        seed: int | None = None, params: Mapping | None = None) -> Splits:  # fmt: skip
     """The run-time checks on what the model is pretrained on: every split of ``items``
-    (``pretrain`` and the held-out ones) pairwise disjoint by prompt, and no held-out prompt
+    (``pretrain`` and the held-out ones) pairwise disjoint by unordered operand pair, and no held-out prompt
     verbatim in the pretraining ``prose``. Raises :class:`SplitError` naming the overlap;
     returns the :class:`Splits` (``test`` sealed)."""
     held = [r["prompt"] for name, rows in items.items() if name != "pretrain" for r in rows]
@@ -255,7 +256,7 @@ def pretraining_splits(items: Mapping[str, Sequence[dict]], prose: Sequence[str]
             f"{len(hits)} held-out prompts occur in the pretraining prose (e.g. {hits[0]!r}); "
             "remove those documents from the corpus"
         )
-    return Splits(items, key=_prompt_key, seed=seed, params=params,
+    return Splits(items, key=row_key, seed=seed, params=params,
                   builder=f"{__name__}.make_control_splits")  # fmt: skip
 
 
@@ -519,7 +520,14 @@ def control_base(out: str | Path, which: str = "long") -> tuple[Path, dict, Spli
         raise ControlError(f"{rec} names the {which} base at step {step}, but {what} under "
                            f"{out}/.control; rerun `{make}`, or pass the base's directory as "
                            "--model")  # fmt: skip
-    return found[0], base, _build_splits(params, prose_seed)[0]
+    splits = _build_splits(params, prose_seed)[0]
+    got = {n: v["digest"] for n, v in splits.summary()["splits"].items()}
+    want = {n: v.get("digest") for n, v in d["splits"]["splits"].items()}
+    if got != want:
+        raise ControlError(f"the splits rebuilt from {rec} differ from the ones it records "
+                           f"({', '.join(n for n in want if got.get(n) != want[n])}): the code "
+                           f"that builds them changed since; rerun `{make}`")  # fmt: skip
+    return found[0], base, splits
 
 
 def _splits(cfg: ControlConfig) -> tuple[Splits, dict]:

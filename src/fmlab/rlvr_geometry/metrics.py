@@ -273,3 +273,25 @@ def pair_metrics(
             "overlap_random": [r[2] for r in rows],
         }
     return out
+
+
+def magnitude_null(w0: torch.Tensor, w1: torch.Tensor, k0: int, alpha: float) -> dict:
+    """The RL-free null of an update's changed-entry mask M (bf16 criterion): the mask T of the
+    |M| smallest-magnitude entries of ``w0``, which is what bf16 rounding alone changes when
+    every entry moves by the same small amount (Gate III). Returns T's overlap with M_princ
+    (the top-``alpha`` entries of |rank-``k0`` reconstruction of w0|, as in
+    :func:`pair_metrics`), and the Jaccard of M with T; both None when nothing changed. An
+    update is localised beyond magnitude only where it departs from this null."""
+    changed = bf16_changed(w0, w1)
+    c, total = int(changed.sum().item()), changed.numel()
+    if not c:
+        return {"null_overlap_principal": None, "jaccard_threshold": None}
+    keys = magnitude_keys(w0)
+    wt = fraction_weights(keys, *bottom_k_threshold(keys, c), c)
+    u, sv, vh = torch.linalg.svd(w0.double(), full_matrices=False)
+    recon = (u[:, :k0] * sv[:k0]) @ vh[:k0]
+    keys_p = INT64_MAX - magnitude_keys(recon)
+    k = select_count(total, alpha)
+    wp = fraction_weights(keys_p, *bottom_k_threshold(keys_p, k), k)
+    return {"null_overlap_principal": (wp * wt).sum().item() / c,
+            "jaccard_threshold": jaccard(changed, wt > 0)}  # fmt: skip
