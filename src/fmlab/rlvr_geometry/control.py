@@ -21,8 +21,9 @@ weaker. fmlab's design:
   the study's own builder (:func:`fmlab.rlvr_geometry.study.make_splits`); the pretraining
   pairs, a held-out pretraining set and a DEV set come from a separate seeded shuffle of every
   pair, with the study's pairs excluded. :func:`pretraining_splits` then checks all five sets
-  pairwise disjoint by operand pair (a + b and b + a are one item) (:class:`fmlab.core.experiment.Splits`, test sealed) and that no
-  held-out prompt occurs verbatim in the pretraining prose; either overlap raises.
+  pairwise disjoint by unordered operand pair (a + b and b + a are one item;
+  :class:`fmlab.core.experiment.Splits`, test sealed) and that no held-out prompt occurs
+  verbatim in the pretraining prose; either overlap raises.
 - **Two bases from that run**, both saved in bf16 (the format whose sparsity the study
   measures), chosen without looking at the test prompts (:func:`choose_bases`, a pure function
   of the evaluation curve). Every ``eval_every`` steps the run records the loss on held-out
@@ -245,8 +246,8 @@ def make_control_splits(seed: int, digits: int, n_train: int, n_test: int, n_dev
 def pretraining_splits(items: Mapping[str, Sequence[dict]], prose: Sequence[str], *,
                        seed: int | None = None, params: Mapping | None = None) -> Splits:  # fmt: skip
     """The run-time checks on what the model is pretrained on: every split of ``items``
-    (``pretrain`` and the held-out ones) pairwise disjoint by unordered operand pair, and no held-out prompt
-    verbatim in the pretraining ``prose``. Raises :class:`SplitError` naming the overlap;
+    (``pretrain`` and the held-out ones) pairwise disjoint by unordered operand pair, and no
+    held-out prompt verbatim in the pretraining ``prose``. Raises :class:`SplitError` naming the overlap;
     returns the :class:`Splits` (``test`` sealed)."""
     held = [r["prompt"] for name, rows in items.items() if name != "pretrain" for r in rows]
     text = "\x00".join(prose)
