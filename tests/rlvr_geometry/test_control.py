@@ -57,6 +57,36 @@ def test_choose_bases_picks_what_the_rule_says():
     # the floor is inclusive
     c = choose_bases(_curve(losses, [0.0, 0.05, *accs[2:]]), k=2, tol=0.01, floor=0.05)
     assert c.short == 100
+    # the plateau is judged on the named loss (the control's default: the answers' loss)
+    rows = [{**r, "val_loss_answer": a} for r, a in
+            zip(_curve(losses, accs), [2.0, 1.9, 1.8, 1.8, 0.5, 0.3, 0.299], strict=True)]  # fmt: skip
+    assert choose_bases(rows, k=1, tol=0.01, floor=0.05).long == 250  # on val_loss
+    c = choose_bases(rows, k=1, tol=0.01, floor=0.05, loss="val_loss_answer")
+    assert (c.long, c.plateau) == (200, True)  # 1.8 flat before the drop: k = 1 is fooled
+    c = choose_bases(rows, k=3, tol=0.01, floor=0.05, loss="val_loss_answer")
+    assert (c.long, c.plateau) == (350, False)  # a wider window sees the drop
+
+
+def test_answer_loss_scores_only_the_answer_tokens():
+    from fmlab.core.models import build_model
+    from fmlab.core.models.tokenizer import train_bpe_tokenizer
+    from fmlab.rlvr_geometry.control import answer_loss
+
+    rows = _items()["dev"][:4]
+    tok = train_bpe_tokenizer([r["prompt"] for r in rows], 300, split_digits=True)
+    model = build_model("llama-tiny", len(tok), seed=0).eval()
+    got = answer_loss(model, tok, rows, batch_size=3)
+    total, count = 0.0, 0
+    for r in rows:  # one row at a time, no padding: the reply tokens after the chat prompt
+        p = tok(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                        add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False)["input_ids"]  # fmt: skip
+        a = tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+        total -= sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(a))
+        count += len(a)
+    assert got == pytest.approx(total / count, rel=1e-5)
 
 
 def _items():

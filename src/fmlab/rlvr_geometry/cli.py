@@ -182,6 +182,9 @@ def bench_cmd(
                  "and --arms")  # fmt: skip
         _control(out, quick, steps, rl_seeds)
         return
+    if model == "control" and steps is not None:
+        fail("--model control runs the recipe the control tuned on DEV for its base (lrs and "
+             "steps, in control.json); drop --steps")  # fmt: skip
     out = bench_out("rlvr_geometry", out, quick)
     cfg = StudyConfig.quick() if quick else StudyConfig()
     try:

@@ -15,8 +15,8 @@ weaker. fmlab's design:
   The tokenizer is a byte-level BPE trained here with every digit its own token (a digit per
   token keeps addition learnable; whole words keep the sequences short). AdamW at a constant lr
   after warm-up, so a plateau is the model's and not the schedule's. The size is chosen so the
-  step budget (1000 steps of 16 x 128 tokens, about 1.1 s each on one thread of the shared
-  2-core machine, timed while building this) fits in about 20 minutes.
+  step budget (2500 steps of 16 x 128 tokens, about 0.3 s each on the shared 2-core machine's
+  two threads, timed while designing this) fits in about 15 minutes.
 - **Disjoint by content, checked at run time.** The study's train and test prompts come from
   the study's own builder (:func:`fmlab.rlvr_geometry.study.make_splits`); the pretraining
   pairs, a held-out pretraining set and a DEV set come from a separate seeded shuffle of every
@@ -27,11 +27,15 @@ weaker. fmlab's design:
 - **Two bases from that run**, both saved in bf16 (the format whose sparsity the study
   measures), chosen without looking at the test prompts (:func:`choose_bases`, a pure function
   of the evaluation curve). Every ``eval_every`` steps the run records the loss on held-out
-  pretraining text (the additions and the prose held out, weighted as in training) and the
-  greedy accuracy of the bf16 model on the DEV additions. ``long``: the first evaluation at
-  which the best loss of the last ``plateau_evals`` evaluations is not more than
+  pretraining text (the additions and the prose held out, weighted as in training), the loss
+  of the held-out additions' answer tokens (:func:`answer_loss`) and the greedy accuracy of
+  the bf16 model on the DEV additions. ``long``: the first evaluation at which the best
+  answer loss (``plateau_loss``) of the last ``plateau_evals`` evaluations is not more than
   ``plateau_tol`` (1%) below the best before them, or the step budget if that never happens
-  (the record says which). ``short``: the first evaluation before ``long`` whose DEV accuracy
+  (the record says which). The answers' loss, not all the text's: measured while designing
+  this on DEV, the held-out text's loss (random operand digits, prose, the template) flattened
+  by step 500 and then rose as the model overfit the prose, while the DEV accuracy was still
+  4% and rose to 80% only after step 1000, when the answers' loss fell. ``short``: the first evaluation before ``long`` whose DEV accuracy
   reaches ``dev_floor`` (5%), so that GRPO's groups have some reward variance; none is an
   error (:class:`ControlError`), not a fallback.
 - **The study's arms on each base.** RL (the study's ``rl`` recipe: DAPO-style GRPO, beta 0,
@@ -67,15 +71,19 @@ import torch
 
 from fmlab.core.cliutil import log as log_stderr
 from fmlab.core.data import Document, pack_documents, prose_documents, split_documents
+from fmlab.core.data.corpora import encode_chat_sft
 from fmlab.core.data.tasks import AdditionTask
 from fmlab.core.evaluate import lm_loss
 from fmlab.core.experiment import (
     SplitError,
     Splits,
+    Tuning,
     content_hash,
     interval_plot,
+    paired,
     record_fields,
     run_arms,
+    tune,
 )
 from fmlab.core.io import Memo, atomic_dir
 from fmlab.core.models.tokenizer import train_bpe_tokenizer
@@ -137,7 +145,8 @@ class ControlError(ValueError):
 
 
 def _default_study() -> StudyConfig:
-    return StudyConfig(model=_PLACEHOLDER, interventions=())
+    # 100 steps (designed on DEV: at 60 the tuned RL arm had barely moved); both cores
+    return StudyConfig(model=_PLACEHOLDER, interventions=(), steps=100, threads=2)
 
 
 @dataclass(frozen=True)
@@ -155,10 +164,16 @@ class ControlConfig:
     pretrain_lr: float = 2e-3  # constant after warm-up
     warmup_steps: int = 50
     weight_decay: float = 0.1
-    max_pretrain_steps: int = 1000  # the step budget
+    max_pretrain_steps: int = 2500  # the step budget
     eval_every: int = 50
-    plateau_evals: int = 3  # K: the plateau rule looks at the last K evaluations
+    # K: the plateau rule looks at the last K evaluations (250 steps: on DEV the answers' loss
+    # sat flat for ~200 steps before the model learnt to carry, then fell fivefold)
+    plateau_evals: int = 5
     plateau_tol: float = 0.01  # ... improving the best loss by less than this (relative)
+    # the loss the rule watches: the held-out answers' (val_loss_answer) or all held-out
+    # pretraining text's (val_loss: random operands and prose dominate it; it flattens, then
+    # rises with overfitting, long before the model has learnt to add)
+    plateau_loss: str = "val_loss_answer"
     dev_floor: float = 0.05  # short: the first DEV accuracy at or above this
     n_dev: int = 128
     n_pretrain_val: int = 256
@@ -166,6 +181,11 @@ class ControlConfig:
     prose_fraction: float = 0.25  # of the training (and held-out) blocks
     pretrain_seed: int = 0
     stream_seed: int = 1  # the shuffle the pretraining, held-out and DEV pairs come from
+    # RL's and SFT's lr, tuned on the long base with DEV standing in for the test prompts, the
+    # same grid (and widening) for both; see _select for the rule
+    lr_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
+    tune_seed: int = 100  # the tuning runs' seed: a dev seed, never one of the test seeds
+    big_lr_factor: float = 10.0  # the study's rl-lr arm and LoRA arms: this x the tuned RL lr
     study: StudyConfig = field(default_factory=_default_study)
 
     @classmethod
@@ -177,7 +197,7 @@ class ControlConfig:
                    num_kv_heads=2, vocab_size=320, seq_len=32, pretrain_batch=8,
                    pretrain_lr=3e-3, warmup_steps=0, max_pretrain_steps=6, eval_every=2,
                    plateau_evals=1, dev_floor=0.0, n_dev=8, n_pretrain_val=16, n_pretrain=256,
-                   study=study)  # fmt: skip
+                   lr_grid=(1e-3,), study=study)  # fmt: skip
 
     def __post_init__(self):
         checks = {
@@ -185,11 +205,17 @@ class ControlConfig:
             >= self.eval_every
             >= 1,
             "plateau_evals >= 1": self.plateau_evals >= 1,
+            "plateau_loss in (val_loss_answer, val_loss)": self.plateau_loss
+            in ("val_loss_answer", "val_loss"),
             "0 <= plateau_tol < 1": 0 <= self.plateau_tol < 1,
             "0 <= dev_floor <= 1": 0 <= self.dev_floor <= 1,
             "0 <= prose_fraction < 1": 0 <= self.prose_fraction < 1,
             "n_dev, n_pretrain_val >= 2": min(self.n_dev, self.n_pretrain_val) >= 2,
             "n_pretrain is None or >= 1": self.n_pretrain is None or self.n_pretrain >= 1,
+            "lr_grid: positive lrs": bool(self.lr_grid) and min(self.lr_grid) > 0,
+            "big_lr_factor > 0": self.big_lr_factor > 0,
+            "tune_seed not a test seed": self.tune_seed
+            not in (*self.study.rl_seeds, *self.study.other_seeds),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -244,7 +270,8 @@ def make_control_splits(seed: int, digits: int, n_train: int, n_test: int, n_dev
 
 
 def pretraining_splits(items: Mapping[str, Sequence[dict]], prose: Sequence[str], *,
-                       seed: int | None = None, params: Mapping | None = None) -> Splits:  # fmt: skip
+                       seed: int | None = None, params: Mapping | None = None,
+                       dev_seeds: Sequence[int] = (), test_seeds: Sequence[int] = ()) -> Splits:  # fmt: skip
     """The run-time checks on what the model is pretrained on: every split of ``items``
     (``pretrain`` and the held-out ones) pairwise disjoint by unordered operand pair, and no
     held-out prompt verbatim in the pretraining ``prose``. Raises :class:`SplitError` naming the overlap;
@@ -257,8 +284,8 @@ def pretraining_splits(items: Mapping[str, Sequence[dict]], prose: Sequence[str]
             f"{len(hits)} held-out prompts occur in the pretraining prose (e.g. {hits[0]!r}); "
             "remove those documents from the corpus"
         )
-    return Splits(items, key=row_key, seed=seed, params=params,
-                  builder=f"{__name__}.make_control_splits")  # fmt: skip
+    return Splits(items, key=row_key, seed=seed, params=params, dev_seeds=dev_seeds,
+                  test_seeds=test_seeds, builder=f"{__name__}.make_control_splits")  # fmt: skip
 
 
 # -- choosing the two bases --------------------------------------------------------------------
@@ -287,14 +314,15 @@ class BaseChoice:
     plateau: bool
 
 
-def choose_bases(curve: Sequence[Mapping], k: int, tol: float, floor: float) -> BaseChoice:
-    """The bases from an evaluation curve (rows with ``step``, ``val_loss``, ``dev_accuracy``
-    in step order, ending at the step budget or at the plateau): ``long`` = the step of
+def choose_bases(curve: Sequence[Mapping], k: int, tol: float, floor: float,
+                 loss: str = "val_loss") -> BaseChoice:  # fmt: skip
+    """The bases from an evaluation curve (rows with ``step``, the ``loss`` key,
+    ``dev_accuracy`` in step order, ending at the step budget or at the plateau): ``long`` = the step of
     :func:`plateau_index` (else the last row), ``short`` = the first earlier row whose
     ``dev_accuracy >= floor``. No such row raises :class:`ControlError`."""
     if not curve:
         raise ControlError("no evaluations: the pretraining run has not started")
-    i = plateau_index([r["val_loss"] for r in curve], k, tol)
+    i = plateau_index([r[loss] for r in curve], k, tol)
     plateau = i is not None
     i = i if plateau else len(curve) - 1
     j = next((n for n in range(i) if curve[n]["dev_accuracy"] >= floor), None)
@@ -315,6 +343,26 @@ def _chat_docs(tok, rows: Sequence[dict], name: str) -> list[Document]:
     return [Document(f"{name}/{i}", tok.apply_chat_template(
         [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}],
         tokenize=False), "rlvr-control") for i, r in enumerate(rows)]  # fmt: skip
+
+
+@torch.no_grad()
+def answer_loss(model, tok, rows: Sequence[dict], batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats/token) of the answer tokens (and the end of turn) given the
+    chat prompt, over ``rows``: the part of the held-out additions a model can learn (the
+    operands are random digits, the template is learnt in a few steps)."""
+    x, y = encode_chat_sft(tok, [(r["prompt"], r["answer"]) for r in rows])
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(input_ids=x[i : i + batch_size]).logits.float()
+        lab = y[i : i + batch_size]
+        total += float(torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), lab.reshape(-1), ignore_index=-100,
+            reduction="sum"))  # fmt: skip
+        count += int((lab != -100).sum())
+    model.train(was)
+    return total / count
 
 
 class _Pretrain:
@@ -359,7 +407,8 @@ class _Pretrain:
         la = lm_loss(model, val_add, batch_size=32)
         lp = lm_loss(model, val_prose, batch_size=32) if val_prose is not None else None
         return {"val_loss": la if lp is None else (1 - f) * la + f * lp,
-                "val_loss_addition": la, "val_loss_prose": lp}  # fmt: skip
+                "val_loss_addition": la, "val_loss_prose": lp,
+                "val_loss_answer": answer_loss(model, tok, self.splits["pretrain_val"])}  # fmt: skip
 
     def _snapshot(self, model, tok, step: int) -> float:
         """Save the model in bf16 as an HF checkpoint; its greedy DEV accuracy."""
@@ -406,22 +455,90 @@ class _Pretrain:
                            **self._evaluate(model, tok, val_add, val_prose),
                            "dev_accuracy": self._snapshot(model, tok, step)}  # fmt: skip
                 self.memo.put(name, {**row, "seconds": t.s})
-                self.log(f"pretrain step {step}: held-out loss {row['val_loss']:.4f}, DEV "
+                self.log(f"pretrain step {step}: held-out loss {row['val_loss']:.4f} (answers "
+                         f"{row['val_loss_answer']:.4f}), DEV "
                          f"accuracy {row['dev_accuracy']:.3f} ({t.s:.0f} s)")  # fmt: skip
             curve.append(self.memo.get(name))
             if short is None and curve[-1]["dev_accuracy"] >= cfg.dev_floor:
                 short = step
             self._prune({short} if short is not None else set(), before=step)
-            losses = [r["val_loss"] for r in curve]
+            losses = [r[cfg.plateau_loss] for r in curve]
             if plateau_index(losses, cfg.plateau_evals, cfg.plateau_tol) is not None:
                 break
-        choice = choose_bases(curve, cfg.plateau_evals, cfg.plateau_tol, cfg.dev_floor)
+        choice = choose_bases(curve, cfg.plateau_evals, cfg.plateau_tol, cfg.dev_floor,
+                              cfg.plateau_loss)  # fmt: skip
         facts = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
                  **self.counts, "tokens_per_step": cfg.pretrain_batch * cfg.seq_len,
                  "val_blocks": {"addition": len(val_add),
                                 "prose": 0 if val_prose is None else len(val_prose)},
                  "seconds": sum(r["seconds"] for r in curve)}  # fmt: skip
         return curve, choice, facts
+
+
+# -- the recipe, tuned on DEV ------------------------------------------------------------------
+
+SELECTION_RULE = (
+    "per arm, the smallest evaluated lr whose DEV accuracy is not below the best one's by a "
+    "paired bootstrap interval (95%) over the DEV prompts (the best: the highest DEV accuracy)"
+)
+
+
+def select_lr(points: Sequence[Mapping], correct: Mapping[float, Sequence[float]]) -> tuple[float, dict]:  # fmt: skip
+    """:data:`SELECTION_RULE` over one arm's tuning ``points`` (``{"params": {"lr"}, "score"}``)
+    with each lr's per-prompt DEV scores: (the lr, each lr's interval against the best). The
+    smallest as good as the best, because a larger lr than needed is what removes RL's bf16
+    sparsity (Gate III): the choice should not decide that prediction by going higher than
+    the accuracy asks for."""
+    lrs = sorted({float(p["params"]["lr"]) for p in points})
+    score = {float(p["params"]["lr"]): float(p["score"]) for p in points}
+    best = max(lrs, key=lambda lr: (score[lr], -lr))  # ties: the smaller lr
+    ivs = {}
+    for lr in lrs:
+        iv = paired(items_a=correct[lr], items_b=correct[best], names=(f"{lr:g}", f"{best:g}"),
+                    metric="dev_accuracy", headline=False).per_item  # fmt: skip
+        ivs[f"{lr:g}"] = iv.to_dict()
+    chosen = next(lr for lr in lrs if ivs[f"{lr:g}"]["hi"] >= 0)
+    return chosen, {"best": best, "vs_best": ivs}
+
+
+def _tune(cfg: ControlConfig, base: Path, splits: Splits, root: Path, memo: Memo,
+          log) -> tuple[Tuning, dict]:  # fmt: skip
+    """RL's and SFT's lr on ``base`` (:func:`fmlab.core.experiment.tune`: the same grid and
+    widening for both; DEV stands in for the test prompts; seed ``tune_seed``), then
+    :func:`select_lr`. Returns the tuning and the recipe the arms run with."""
+    rows = {"train": list(splits["train"]), "test": list(splits["dev"])}
+    correct: dict[str, dict[float, list]] = {"rl": {}, "sft": {}}
+
+    def evaluate(arm: str, params: dict, _val) -> float:
+        lr = float(params["lr"])
+
+        def run() -> dict:
+            sc = replace(cfg.study, model=str(base), rl_lr=lr, sft_lr=lr)
+            r = _Study(sc, root / f"{arm}-lr{lr:g}", rows, log)(arm, _settings(sc, arm),
+                                                                 cfg.tune_seed)  # fmt: skip
+            log(f"tuning {arm} at lr {lr:g}: DEV accuracy {r['accuracy_before']:.3f} -> "
+                f"{r['accuracy_after']:.3f}, bf16 sparsity {r['sparsity_bf16']:.3f}")  # fmt: skip
+            return {"accuracy": r["accuracy_after"], "correct": r["correct_after"],
+                    **{k: r.get(k) for k in ("accuracy_before", "sparsity_bf16", "nss")}}  # fmt: skip
+
+        got = memo.get_or_compute(f"tune|{arm}|lr={lr!r}", run)
+        correct[arm][lr] = got["correct"]
+        return got["accuracy"]
+
+    t = tune(["rl", "sft"], {"lr": list(cfg.lr_grid)}, evaluate, val=splits["dev"],
+             scale={"lr": "log"}, context="control lr")  # fmt: skip
+    chosen, why = {}, {}
+    for arm in ("rl", "sft"):
+        chosen[arm], why[arm] = select_lr(t.arms[arm].points, correct[arm])
+    rl = chosen["rl"]
+    recipe = {"rl_lr": rl, "sft_lr": chosen["sft"], "big_lr": rl * cfg.big_lr_factor,
+              "lora_lr": rl * cfg.big_lr_factor, "steps": cfg.study.steps,
+              "num_iterations": cfg.study.num_iterations}  # fmt: skip
+    runs = {f"{arm}@{lr:g}": {k: v for k, v in memo.get(f"tune|{arm}|lr={lr!r}").items()
+                              if k != "correct"}
+            for arm in ("rl", "sft") for lr in sorted(correct[arm])}  # fmt: skip
+    return t, {"recipe": recipe, "rule": SELECTION_RULE, "selection": why, "runs": runs,
+               "dev_seed": cfg.tune_seed}  # fmt: skip
 
 
 # -- effects and predictions -------------------------------------------------------------------
@@ -496,7 +613,8 @@ def run_control(out_dir: str | Path, cfg: ControlConfig | None = None,
 
 def control_base(out: str | Path, which: str = "long") -> tuple[Path, dict, Splits]:
     """A base the control chose (``long``: its plateau base), from ``<out>/control.json``: its
-    directory, its entry in the record, and the control's checked splits rebuilt from the
+    directory, its entry in the record (with ``recipe``: the lrs the control tuned on DEV and
+    its steps), and the control's checked splits rebuilt from the
     record's split parameters (the study's train/test, the pretraining sets and DEV), so a study
     on the base checks its prompts against what the base was pretrained on. Raises
     :class:`ControlError` naming what is missing and the command that makes it."""
@@ -507,7 +625,7 @@ def control_base(out: str | Path, which: str = "long") -> tuple[Path, dict, Spli
         raise ControlError(f"no control record {rec}: run `{make}` first (it pretrains the base)")
     try:
         d = json.loads(rec.read_text())
-        base = d["metrics"]["bases"][which]
+        base = {**d["metrics"]["bases"][which], "recipe": dict(d["setup"]["recipe"])}
         step = int(base["step"])
         params, prose_seed = dict(d["splits"]["params"]), int(d["setup"]["pretrain_seed"])
     except (ValueError, KeyError, TypeError) as e:
@@ -536,14 +654,15 @@ def _splits(cfg: ControlConfig) -> tuple[Splits, dict]:
     params = {"digits": s.digits, "n_train": s.n_train, "n_test": s.n_test, "n_dev": cfg.n_dev,
               "n_val": cfg.n_pretrain_val, "stream_seed": cfg.stream_seed,
               "n_pretrain": cfg.n_pretrain}  # fmt: skip
-    return _build_splits(params, cfg.pretrain_seed)
+    seeds = {"dev_seeds": (cfg.tune_seed,), "test_seeds": sorted({*s.rl_seeds, *s.other_seeds})}
+    return _build_splits(params, cfg.pretrain_seed, **seeds)
 
 
-def _build_splits(params: dict, prose_seed: int) -> tuple[Splits, dict]:
+def _build_splits(params: dict, prose_seed: int, **seeds) -> tuple[Splits, dict]:
     items = make_control_splits(seed=0, **params)
     prose = split_documents(prose_documents(), (0.9, 0.1), ("train", "val"), seed=prose_seed)
     texts = [d.text for docs in prose.values() for d in docs]
-    return pretraining_splits(items, texts, seed=0, params=params), prose
+    return pretraining_splits(items, texts, seed=0, params=params, **seeds), prose
 
 
 def _run(out: Path, cfg: ControlConfig, log) -> ResultRecord:
@@ -558,12 +677,16 @@ def _run(out: Path, cfg: ControlConfig, log) -> ResultRecord:
             pre = _Pretrain(cfg, root / "pretrain", splits, prose,
                             Memo(out / ".memo" / "control-pretrain.json", key=key), log)  # fmt: skip
             curve, choice, facts = pre.run()
+            tuning, tuned = _tune(cfg, pre.snapshot_dir(choice.long), splits, root / "tune",
+                                  Memo(out / ".memo" / "control-tune.json",
+                                       key={**key, "base_step": choice.long}), log)  # fmt: skip
+        recipe = replace(cfg.study, **tuned["recipe"])
         # nothing is tuned on the test prompts: they only score accuracy before and after
         splits.open_test("the bases are fixed (from the pretraining curve) before any arm runs")
         runs, effects, names = {}, {}, {}
         for b in BASES:
             step = getattr(choice, b)
-            scfg = replace(cfg.study, model=str(pre.snapshot_dir(step)))
+            scfg = replace(recipe, model=str(pre.snapshot_dir(step)))
             study = _Study(scfg, root / b, splits, log)
             memo = Memo(out / ".memo" / f"control-{b}.json", key={**key, "base_step": step})
             main = run_arms({"rl": _settings(scfg, "rl")}, scfg.rl_seeds, study, memo, log=log)
@@ -573,7 +696,8 @@ def _run(out: Path, cfg: ControlConfig, log) -> ResultRecord:
             runs[b] = (main, other, pairs)
             effects[b], names[b] = effect_items(main, other, pairs), _names(main)
     by_base, preds, ivs = _judge(effects, names)
-    rec = _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs)
+    rec = _record(out, replace(cfg, study=recipe), splits, curve, choice, facts, runs, by_base,
+                  preds, ivs, tuning, tuned)  # fmt: skip
     rec.wall_s = t.s
     write_record(rec, out / "control.json")
     return rec
@@ -584,7 +708,8 @@ def _curve_plot(path: Path, curve: list[dict], choice: BaseChoice) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in curve]
     for k, label in (("val_loss", "held-out pretraining text"),
-                     ("val_loss_addition", "held-out additions"), ("val_loss_prose", "held-out prose")):  # fmt: skip
+                     ("val_loss_addition", "held-out additions"), ("val_loss_prose", "held-out prose"),
+                     ("val_loss_answer", "held-out additions' answers")):  # fmt: skip
         if all(r.get(k) is not None for r in curve):
             ax.plot(steps, [r[k] for r in curve], marker="o", ms=3, label=label)
     ax.set_xlabel("pretraining step")
@@ -607,7 +732,8 @@ def _curve_plot(path: Path, curve: list[dict], choice: BaseChoice) -> Path:
     return save_figure(fig, plt, path)
 
 
-def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs) -> ResultRecord:
+def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs, tuning,
+            tuned) -> ResultRecord:  # fmt: skip
     summary = {b: {**runs[b][0].summary(), **runs[b][1].summary()} for b in BASES}
     row = {r["step"]: r for r in curve}
     bases = {b: {"step": getattr(choice, b), "dev_accuracy": row[getattr(choice, b)]["dev_accuracy"],
@@ -630,6 +756,7 @@ def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs) -
             **asdict(cfg),
             "model_params": facts["params"],
             "arms": {"rl": _settings(s, "rl"), "sft": _settings(s, "sft")},
+            "recipe": tuned["recipe"],
             "command": "fmlab rlvr-geometry bench --control",
         },
         metrics={
@@ -641,13 +768,14 @@ def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs) -
                 **bases,
                 "plateau_reached": choice.plateau,
                 "rule": {
-                    "long": f"first evaluation whose best held-out loss over the last "
+                    "long": f"first evaluation whose best {cfg.plateau_loss} over the last "
                     f"{cfg.plateau_evals} evaluations is within {cfg.plateau_tol:.0%} of the "
                     f"best before them, else the step budget {cfg.max_pretrain_steps}",
                     "short": f"first earlier evaluation with DEV accuracy >= {cfg.dev_floor:.0%}",
                 },
             },
             "pretraining": {"curve": curve, **facts},
+            "lr_selection": {k: v for k, v in tuned.items() if k != "recipe"},
             "by_base": summary,
             "jaccard_pairs": {
                 b: [{k: v for k, v in p.items() if k != "tensors"} for p in runs[b][2]]
@@ -672,7 +800,7 @@ def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs) -
             "paired bootstrap (95%) over tensors: "
             + "; ".join(f"{k}: {v['verdict']}" for k, v in preds.items()),
         ],
-        **record_fields(splits, None, ivs),
+        **record_fields(splits, tuning, ivs),
     )
 
 

@@ -101,6 +101,10 @@ class StudyConfig:
     rl_seeds: tuple[int, ...] = (0, 1, 2)
     other_seeds: tuple[int, ...] = (0,)  # SFT and the interventions
     num_generations: int = 8
+    # mu: optimizer steps per rollout batch. With 1 the policy ratio is exactly 1, so the clip
+    # never binds and Gate I's clip arm trains the rl arm's weights bit for bit (measured in
+    # the first full run); with 2 the second pass over each batch is clipped
+    num_iterations: int = 2
     prompts_per_step: int = 4
     max_new_tokens: int = 8
     rl_lr: float = 1e-6
@@ -435,7 +439,7 @@ def _grpo(cfg: StudyConfig, s: dict) -> GRPOConfig:
     return GRPOConfig(num_generations=cfg.num_generations, prompts_per_step=cfg.prompts_per_step,
                       max_new_tokens=cfg.max_new_tokens, loss_type="dapo",
                       epsilon=s.get("epsilon", 0.2), epsilon_high=s.get("epsilon", 0.28),
-                      beta=s.get("beta", 0.0))  # fmt: skip
+                      beta=s.get("beta", 0.0), num_iterations=cfg.num_iterations)  # fmt: skip
 
 
 def _rollout_stats(run_dir: Path) -> dict:
@@ -470,8 +474,8 @@ def signal_probe(cfg: StudyConfig, base: Path, rows: list[dict], seed: int = 123
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto").float()
     tok = AutoTokenizer.from_pretrained(base)
-    src = RolloutSource(model, tok, rows, [REWARDS[cfg.reward]], _grpo(cfg, ARM_SETTINGS["rl"]),
-                        seed=seed)  # fmt: skip
+    g = replace(_grpo(cfg, ARM_SETTINGS["rl"]), num_iterations=1)  # a fresh batch every step
+    src = RolloutSource(model, tok, rows, [REWARDS[cfg.reward]], g, seed=seed)
     bs = cfg.num_generations * cfg.prompts_per_step
     for step in range(PROBE_BATCHES):
         src.batch(step, 0, 0, 1, bs)
@@ -789,8 +793,9 @@ CONTROL_BASE = "control"  # StudyConfig.model: the control's plateau base (contr
 
 def _base_and_splits(out: Path, cfg: StudyConfig) -> tuple[StudyConfig, Splits, dict | None]:
     """The study's base (``model="control"`` resolved to the control's plateau base in
-    ``out``) and its checked splits; on the control's base they include the pretraining sets,
-    so the run-time check covers what the base was pretrained on."""
+    ``out``, with the recipe the control tuned for it) and its checked splits; on the control's
+    base they include the pretraining sets, so the run-time check covers what the base was
+    pretrained on."""
     if cfg.model != CONTROL_BASE:
         splits = Splits.build(make_splits, seed=0, key=row_key, digits=cfg.digits,
                               n_train=cfg.n_train, n_test=cfg.n_test)  # fmt: skip
@@ -804,7 +809,8 @@ def _base_and_splits(out: Path, cfg: StudyConfig) -> tuple[StudyConfig, Splits, 
         raise StudyError(f"the control in {out} built its splits with other {', '.join(other)} "
                          f"({', '.join(f'{k}={params[k]}' for k in other)}); the study on its base "
                          "must use the same")  # fmt: skip
-    return replace(cfg, model=str(path)), splits, {"path": str(path), **base}
+    # the recipe the control tuned on DEV for this base (its lrs, steps and mu), not SmolLM2's
+    return replace(cfg, model=str(path), **base["recipe"]), splits, {"path": str(path), **base}
 
 
 def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
