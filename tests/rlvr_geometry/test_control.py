@@ -89,6 +89,25 @@ def test_answer_loss_scores_only_the_answer_tokens():
     assert got == pytest.approx(total / count, rel=1e-5)
 
 
+def test_select_lr_takes_the_smallest_lr_as_good_as_the_best():
+    from fmlab.rlvr_geometry.control import select_lr
+
+    n = 128
+    hits = {1e-6: 90, 1e-5: 113, 1e-4: 115, 1e-3: 0}  # correct DEV prompts (nested sets)
+    correct = {lr: [1.0] * k + [0.0] * (n - k) for lr, k in hits.items()}
+    points = [{"params": {"lr": lr}, "score": k / n} for lr, k in hits.items()]
+    lr, why = select_lr(points, correct)
+    assert why["best"] == 1e-4 and lr == 1e-5  # 2 prompts fewer: inside the interval
+    assert why["vs_best"]["1e-06"]["hi"] < 0  # 25 fewer: worse, so not chosen
+    # nothing as good below the best: the best itself; a tie goes to the smaller lr
+    correct[1e-5] = correct[1e-6]
+    points[1]["score"] = 90 / n
+    assert select_lr(points, correct)[0] == 1e-4
+    correct[1e-3] = correct[1e-4]
+    points[3]["score"] = 115 / n
+    assert select_lr(points[2:], correct)[1]["best"] == 1e-4
+
+
 def _items():
     return make_control_splits(seed=0, digits=2, n_train=40, n_test=20, n_dev=10, n_val=10,
                                stream_seed=1, n_pretrain=300)  # fmt: skip
@@ -137,6 +156,10 @@ def test_control_config_rejects_what_it_cannot_run():
                                         rl_seeds=(0,)))  # fmt: skip
     res = CliRunner().invoke(app, ["rlvr-geometry", "bench", "--control", "--arms", "peft"])
     assert res.exit_code == 2 and "--control" in res.output
+    res = CliRunner().invoke(app, ["rlvr-geometry", "bench", "--model", "control", "--steps", "5"])
+    assert res.exit_code == 2 and "tuned on DEV" in res.output
+    with pytest.raises(ValueError, match="tune_seed not a test seed"):
+        ControlConfig(tune_seed=0)
 
 
 def _bf16_tensors(path) -> set:
@@ -173,6 +196,11 @@ def test_quick_control_end_to_end_and_resumes(tmp_path):
     assert sp["disjoint"] and sp["test_opened"] and sp["test_opened_after"] == sp["design_steps"]
     assert set(sp["splits"]) == {"train", "test", "dev", "pretrain_val", "pretrain"}
     assert set(d["baselines"]) == {"long/sft", "short/rl", "short/sft"}
+    # the lrs were tuned on DEV (the tuning seed a dev seed), the same way for RL and SFT
+    assert set(d["tuning"]["arms"]) == {"rl", "sft"} and d["seeds_seen_in_design"] == [100]
+    recipe = d["setup"]["recipe"]
+    assert recipe["rl_lr"] == d["setup"]["study"]["rl_lr"] == 1e-3  # the quick one-point grid
+    assert set(d["metrics"]["lr_selection"]["runs"]) == {"rl@0.001", "sft@0.001"}
     for p in d["plots"]:
         assert (tmp_path / p).stat().st_size > 0
     (snaps,) = (tmp_path / ".control").glob("*/pretrain/snapshots")
@@ -186,6 +214,7 @@ def test_quick_control_end_to_end_and_resumes(tmp_path):
                                         interventions=()), log=lambda *_: None)  # fmt: skip
     s = study.setup
     assert s["control_base"]["path"] == str(snaps / f"step{bases['long']['step']}")
+    assert {k: s[k] for k in recipe} == recipe  # the control's tuned recipe, not the default
     assert (
         s["model"] == s["control_base"]["path"]
         and s["control_base"]["step"] == bases["long"]["step"]
