@@ -444,8 +444,9 @@ def _grpo(cfg: StudyConfig, s: dict) -> GRPOConfig:
 
 def _rollout_stats(run_dir: Path) -> dict:
     """What the RL arm's rollouts gave it to learn from: the mean training reward, the fraction
-    of groups whose rewards differed (only those carry a GRPO gradient) and the steps in which
-    no group did."""
+    of groups whose rewards differed (only those carry a GRPO gradient) and the rollout batches
+    in which no group did (``train_steps_without_signal``: a rollout batch serves
+    ``num_iterations`` optimizer steps, so it counts batches, not steps)."""
     rows = read_rollout_log(run_dir)
     if not rows:
         return {}
