@@ -621,7 +621,8 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
             ("rl-lr", "rl"), -1)  # fmt: skip
         add("a larger lr removes most of the bf16 sparsity (below half of RL's)", lr_sp,
             0.5 * np.nanmean(rl("per_tensor_sparsity_bf16"), axis=0), ("rl-lr", "rl / 2"), -1)  # fmt: skip
-        if "sft" in other.values:  # RL vs SFT at the same lr (the recipe's lrs differ 10x)
+        # RL vs SFT at the same lr, when the recipe's RL and SFT lrs differ (SmolLM2's: 10x)
+        if "sft" in other.values and cfg.big_lr == cfg.sft_lr != cfg.rl_lr:
             for key in ("per_tensor_nss", "per_tensor_angle", "per_tensor_sparsity_bf16"):
                 add(f"{key[11:]}: rl-lr − sft (same lr)", _per_item(other, "rl-lr", key),
                     _per_item(other, "sft", key), ("rl-lr", "sft"), 0)  # fmt: skip
@@ -876,6 +877,10 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
             "jaccard_pairs": [{k: v for k, v in p.items() if k != "tensors"} for p in pairs],
             "by_arm": summary,
             "peak_rss_mb": peak_rss_mb(),
+            # wall_s is this process's; a resumed run's arms ran earlier (their own seconds)
+            "runs_resumed": main.resumed + other.resumed,
+            "train_seconds_total": float(sum(v.get("train_seconds", 0.0) for r in (main, other)
+                                             for seeds in r.values.values() for v in seeds.values())),  # fmt: skip
         },
         baselines={a: summary[a] for a in summary if a != "rl"},
         plots=plots,
