@@ -177,6 +177,9 @@ def test_quick_control_end_to_end_and_resumes(tmp_path):
     assert {k.split(":")[0] for k in preds} == set(EFFECTS)
     for name, v in preds.items():
         assert v["tensors"] >= 2, name
+        if v["verdict"].startswith("not tested"):  # a failed precondition, named
+            assert "did not measurably change test accuracy" in v["verdict"]
+            v = {**v, "verdict": v["verdict_of_the_interval"]}
         if v["verdict"] in ("holds", "FAILS"):  # a verdict agrees with its interval
             assert v["lo"] > 0 or v["hi"] < 0, name
             assert (v["lo"] > 0) == (v["verdict"] == "holds"), name
@@ -215,12 +218,13 @@ def test_quick_control_end_to_end_and_resumes(tmp_path):
     s = study.setup
     assert s["control_base"]["path"] == str(snaps / f"step{bases['long']['step']}")
     assert {k: s[k] for k in recipe} == recipe  # the control's tuned recipe, not the default
+    assert study.to_dict()["seeds_seen_in_design"] == [100]  # ... and the seed it was tuned at
     assert (
         s["model"] == s["control_base"]["path"]
         and s["control_base"]["step"] == bases["long"]["step"]
     )
     assert s["signal_probe"]["fraction"] >= s["signal_probe"]["min_fraction"]
-    assert s["command"] == "fmlab rlvr-geometry bench --model control"
+    assert s["command"].startswith("fmlab rlvr-geometry bench --model control (rl and sft only")
     ssp = json.loads((tmp_path / "study.json").read_text())["splits"]
     assert ssp["disjoint"] and set(ssp["splits"]) == set(sp["splits"])
     assert ssp["splits"]["test"]["digest"] == sp["splits"]["test"]["digest"]
@@ -231,3 +235,15 @@ def test_quick_control_end_to_end_and_resumes(tmp_path):
     assert sum("resumed" in m for m in logs) == 4  # rl and sft, on each base
     again = json.loads((tmp_path / "control.json").read_text())
     assert again["metrics"]["predictions"] == preds
+
+
+def test_control_verdicts_wait_for_rl_to_have_learnt():
+    from fmlab.rlvr_geometry.control import _gate
+
+    preds = {"x: weaker after short pretraining": {"verdict": "FAILS", "lo": -2.0, "hi": -1.0}}
+    ok = {"rl changed test accuracy": {"verdict": "yes"}}
+    no = {"rl changed test accuracy": {"verdict": "not shown: ..."}}
+    assert _gate(preds, {"long": ok, "short": ok}) == preds
+    got = _gate(preds, {"long": ok, "short": no})["x: weaker after short pretraining"]
+    assert got["verdict"].startswith("not tested") and "short base" in got["verdict"]
+    assert got["verdict_of_the_interval"] == "FAILS" and got["lo"] == -2.0

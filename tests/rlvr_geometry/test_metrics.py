@@ -220,3 +220,41 @@ def test_jaccard_by_hand():
 def test_bad_ks_in_memory():
     with pytest.raises(ValueError, match="must lie in"):
         pair_metrics(torch.randn(5, 4), torch.randn(5, 4), ks=(1, 8))
+
+
+def test_magnitude_and_random_update_nulls():
+    from fmlab.rlvr_geometry.metrics import magnitude_null
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(64, 48, generator=g).to(torch.bfloat16)
+    mags = w0.float().abs().flatten()
+    # a uniform tiny update: bf16 rounding alone changes exactly the smallest-|w0| entries,
+    # so the magnitude-threshold mask is the changed mask itself
+    w1 = (w0.double() + 2e-3).float()
+    out = magnitude_null(w0, w1, k0=4, alpha=0.5)
+    changed = bf16_changed(w0, w1)
+    assert out["jaccard_threshold"] == pytest.approx(1.0, abs=0.02)
+    assert mags[changed.flatten()].max() < mags[~changed.flatten()].min() + 1e-6
+    # the random update of the same RMS: its size by hand, and a Gaussian update of that RMS
+    # leaves the same kind of mask (overlaps agree with those of the update itself)
+    d = 1e-2 * torch.randn(64, 48, generator=g, dtype=torch.float64)
+    w2 = (w0.double() + d).float()
+    out = magnitude_null(w0, w2, k0=4, alpha=0.5, seed=3)
+    ref = np.linalg.norm(w2.double() - w0.double()) / np.linalg.norm(w0.double())
+    assert out["update_norm_rel"] == pytest.approx(ref, rel=1e-9)
+    c = bf16_changed(w0, w2)
+    low = mags <= mags.median()  # M_low, alpha = 0.5 (ties aside)
+    assert out["random_update_overlap_low"] == pytest.approx(
+        float(low[c.flatten()].float().mean()), abs=0.04)  # fmt: skip
+    assert out["random_update_sparsity_bf16"] == pytest.approx(
+        1 - c.float().mean().item(), abs=0.04)  # fmt: skip
+    # an update planted only in the principal mask departs from the random update's overlap
+    recon = torch.linalg.svd(w0.double(), full_matrices=False)
+    r4 = (recon.U[:, :4] * recon.S[:4]) @ recon.Vh[:4]
+    princ = r4.abs() >= r4.abs().flatten().median()
+    w3 = torch.where(princ, w0.double() + 0.05 * torch.sign(w0.double()), w0.double()).float()
+    out = magnitude_null(w0, w3, k0=4, alpha=0.5)
+    assert out["random_update_overlap_principal"] < 0.7 and out["null_overlap_principal"] < 0.7
+    # nothing changed: the nulls are undefined, the size is 0
+    out = magnitude_null(w0, w0.float(), k0=4, alpha=0.5)
+    assert out["update_norm_rel"] == 0 and out["random_update_overlap_low"] is None

@@ -275,23 +275,53 @@ def pair_metrics(
     return out
 
 
-def magnitude_null(w0: torch.Tensor, w1: torch.Tensor, k0: int, alpha: float) -> dict:
-    """The RL-free null of an update's changed-entry mask M (bf16 criterion): the mask T of the
-    |M| smallest-magnitude entries of ``w0``, which is what bf16 rounding alone changes when
-    every entry moves by the same small amount (Gate III). Returns T's overlap with M_princ
-    (the top-``alpha`` entries of |rank-``k0`` reconstruction of w0|, as in
-    :func:`pair_metrics`), and the Jaccard of M with T; both None when nothing changed. An
-    update is localised beyond magnitude only where it departs from this null."""
+NULL_KEYS = ("null_overlap_principal", "jaccard_threshold", "update_norm_rel",
+             "random_update_sparsity_bf16", "random_update_overlap_low",
+             "random_update_overlap_principal")  # fmt: skip
+
+
+def magnitude_null(w0: torch.Tensor, w1: torch.Tensor, k0: int, alpha: float,
+                   seed: int = 0) -> dict:  # fmt: skip
+    """The RL-free nulls of an update's changed-entry mask M (bf16 criterion).
+
+    - The *magnitude-threshold* mask T: the |M| smallest-magnitude entries of ``w0``, what
+      bf16 rounding alone changes when every entry moves by the same small amount (Gate III):
+      T's overlap with M_princ (``null_overlap_principal``; M_princ the top-``alpha`` entries
+      of |rank-``k0`` reconstruction of w0|, as in :func:`pair_metrics`) and the Jaccard of M
+      with T (``jaccard_threshold``); both None when nothing changed.
+    - The *random update* of the same size: w0 plus Gaussian noise of the update's RMS
+      (seeded), put through the same bf16 criterion. Its sparsity and its mask's overlaps with
+      M_low and M_princ (``random_update_*``) are what an update that knows nothing about the
+      weights would show at this size; an update is localised only where it departs from them.
+    - ``update_norm_rel``: ||w1 - w0||_F / ||w0||_F, the update's size (NSS and the angles grow
+      with it, so comparing arms at one lr compares their sizes too)."""
+    d = w1.double() - w0.double()
+    n0 = float(torch.linalg.norm(w0.double()))
+    size = float(torch.linalg.norm(d)) / n0 if n0 else None
     changed = bf16_changed(w0, w1)
     c, total = int(changed.sum().item()), changed.numel()
+    out = dict.fromkeys(NULL_KEYS)
+    out["update_norm_rel"] = size
     if not c:
-        return {"null_overlap_principal": None, "jaccard_threshold": None}
-    keys = magnitude_keys(w0)
-    wt = fraction_weights(keys, *bottom_k_threshold(keys, c), c)
+        return out
     u, sv, vh = torch.linalg.svd(w0.double(), full_matrices=False)
     recon = (u[:, :k0] * sv[:k0]) @ vh[:k0]
     keys_p = INT64_MAX - magnitude_keys(recon)
     k = select_count(total, alpha)
     wp = fraction_weights(keys_p, *bottom_k_threshold(keys_p, k), k)
-    return {"null_overlap_principal": (wp * wt).sum().item() / c,
-            "jaccard_threshold": jaccard(changed, wt > 0)}  # fmt: skip
+    keys = magnitude_keys(w0)
+    wt = fraction_weights(keys, *bottom_k_threshold(keys, c), c)
+    wl = fraction_weights(keys, *bottom_k_threshold(keys, k), k)
+    rms = float(d.pow(2).mean().sqrt())
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(w0.shape, generator=g, dtype=torch.float64) * rms
+    rand = bf16_changed(w0, (w0.double() + noise).float())
+    r = int(rand.sum().item())
+    out.update({
+        "null_overlap_principal": (wp * wt).sum().item() / c,
+        "jaccard_threshold": jaccard(changed, wt > 0),
+        "random_update_sparsity_bf16": 1.0 - r / total,
+        "random_update_overlap_low": (wl * rand).sum().item() / r if r else None,
+        "random_update_overlap_principal": (wp * rand).sum().item() / r if r else None,
+    })  # fmt: skip
+    return out

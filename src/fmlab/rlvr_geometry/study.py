@@ -38,6 +38,7 @@ early and a plateau checkpoint of the same run) writes its own record, ``control
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from fmlab.core.rl import (
 )
 from fmlab.core.train import TrainConfig
 from fmlab.rlvr_geometry.analyze import analyze
-from fmlab.rlvr_geometry.metrics import bf16_changed, magnitude_null
+from fmlab.rlvr_geometry.metrics import NULL_KEYS, bf16_changed, magnitude_null
 from fmlab.rlvr_geometry.peft_arms import fixed_masks, max_logit_change, merge_lora, wrap_lora
 
 __all__ = [
@@ -143,6 +144,9 @@ class StudyConfig:
         if bad:
             raise ValueError(f"unknown interventions {', '.join(map(repr, bad))}; choose from: "
                              f"{', '.join(choices)}")  # fmt: skip
+        if not set(self.other_seeds) <= set(self.rl_seeds):
+            raise ValueError(f"other_seeds {list(self.other_seeds)} must be RL seeds too (each "
+                             "intervention is paired with rl at its own seed)")  # fmt: skip
         if len(set(self.interventions)) != len(self.interventions):
             raise ValueError(f"interventions repeat an arm: {list(self.interventions)}")
         if self.compute not in ("fp32", "bf16"):
@@ -426,8 +430,9 @@ class _Study:
             "base": str(base), "checkpoint": str(ckpt),
         })  # fmt: skip
         b, k = TensorSource.open(base), TensorSource.open(ckpt)
-        nulls = [magnitude_null(b.get(n), k.get(n), cfg.k0, cfg.alpha) for n in row["tensor_names"]]
-        for key in ("null_overlap_principal", "jaccard_threshold"):
+        nulls = [magnitude_null(b.get(n), k.get(n), cfg.k0, cfg.alpha, seed=i)
+                 for i, n in enumerate(row["tensor_names"])]  # fmt: skip
+        for key in NULL_KEYS:
             row[f"per_tensor_{key}"] = [x[key] for x in nulls]
             vals = [x[key] for x in nulls if x[key] is not None]
             row[key] = float(np.mean(vals)) if vals else None
@@ -549,11 +554,43 @@ def _no_gain_verdict(p, direction: int) -> str:
     return "holds" if (iv.lo > 0) == (direction > 0) else "FAILS"
 
 
-def _per_item(runs, arm: str, key: str) -> np.ndarray:
-    """(seeds, items) of a per-item metric (tensors or test prompts); None (e.g. a tensor in
-    which nothing changed) becomes nan."""
-    rows = [runs.values[arm][s][key] for s in runs.seeds]
+def _per_item(runs, arm: str, key: str, seeds: Sequence[int] | None = None) -> np.ndarray:
+    """(seeds, items) of a per-item metric (tensors or test prompts), at ``seeds`` (default:
+    all of the run's); None (e.g. a tensor in which nothing changed) becomes nan."""
+    rows = [runs.values[arm][s][key] for s in (runs.seeds if seeds is None else seeds)]
     return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
+
+
+def _command(cfg: StudyConfig, control: bool) -> str:
+    """The command that reruns this study (its base and its arms)."""
+    cmd = "fmlab rlvr-geometry bench" + (f" --model {CONTROL_BASE}" if control else "")
+    if cfg.interventions == StudyConfig().interventions:
+        return cmd
+    if cfg.interventions:
+        return f"{cmd} --arms {','.join(cfg.interventions)}"
+    return f"{cmd} (rl and sft only: run_study with interventions=())"
+
+
+def _train_seconds(*runs) -> float:
+    """The arms' training time, whether they ran in this process or were resumed."""
+    return float(sum(v.get("train_seconds", 0.0) for r in runs for seeds in r.values.values()
+                     for v in seeds.values()))  # fmt: skip
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b, nan where b is 0 or nan (a tensor the update left unchanged)."""
+    out = np.full(np.broadcast(a, b).shape, np.nan)
+    np.divide(a, b, out=out, where=np.nan_to_num(b) > 0)
+    return out
+
+
+def _matched_seeds(main, other) -> list[int]:
+    """The seeds of the one-change arms (``other``), which ``rl`` must have run too."""
+    missing = [s for s in other.seeds if s not in main.seeds]
+    if missing:
+        raise ValueError(f"other_seeds {missing} are not RL seeds: an intervention is paired "
+                         "with rl at its own seed")  # fmt: skip
+    return list(other.seeds)
 
 
 class _Verdicts:
@@ -590,6 +627,11 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
     v = _Verdicts()
     add = v.add
     rl = lambda k: _per_item(main, "rl", k)  # noqa: E731
+    # an intervention is one change from rl *at the same seed*: it is paired with rl's runs at
+    # its own seeds (against the mean of all RL seeds, seed-to-seed variation would count as
+    # the intervention's effect: RL seeds 0 and 1 differ by 6% test accuracy)
+    rl_at = lambda k: _per_item(main, "rl", k, _matched_seeds(main, other))  # noqa: E731
+    ratio = lambda get: _safe_div(get("per_tensor_nss"), get("per_tensor_update_norm_rel"))  # noqa: E731
     if "sft" in other.values:
         sft = lambda k: _per_item(other, "sft", k)  # noqa: E731
         add("nss: RL below SFT", rl("per_tensor_nss"), sft("per_tensor_nss"), ("rl", "sft"), -1,
@@ -598,6 +640,16 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
             ("rl", "sft"), -1)  # fmt: skip
         add("bf16 sparsity: RL above SFT", rl("per_tensor_sparsity_bf16"),
             sft("per_tensor_sparsity_bf16"), ("rl", "sft"), +1)  # fmt: skip
+        # at one lr the two arms' updates differ in size, and NSS, angles and sparsity all
+        # follow size: the same predictions per unit of update / beyond a random update's
+        add("nss per unit of update size (nss / ||ΔW||/||W0||): RL below SFT",
+            ratio(rl), ratio(sft), ("rl", "sft"), -1)  # fmt: skip
+
+        def beyond(get):
+            return get("per_tensor_sparsity_bf16") - get("per_tensor_random_update_sparsity_bf16")
+
+        add("bf16 sparsity beyond a random update of the same size: RL above SFT",
+            beyond(rl), beyond(sft), ("rl", "sft"), +1)  # fmt: skip
     rand = rl("per_tensor_overlap_random")
     add("overlap with principal weights below random", rl("per_tensor_overlap_principal"), rand,
         ("rl M_princ", "random"), -1)  # fmt: skip
@@ -607,6 +659,13 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
     add("overlap with principal weights below the magnitude-threshold null",
         rl("per_tensor_overlap_principal"), rl("per_tensor_null_overlap_principal"),
         ("rl M_princ", "threshold null"), -1)  # fmt: skip
+    # ... and the mask of a random (Gaussian) update of each tensor's RMS, rounded the same way
+    add("overlap with principal weights below a random update's of the same size",
+        rl("per_tensor_overlap_principal"), rl("per_tensor_random_update_overlap_principal"),
+        ("rl M_princ", "random update"), -1)  # fmt: skip
+    add("overlap with low-magnitude weights above a random update's of the same size",
+        rl("per_tensor_overlap_low"), rl("per_tensor_random_update_overlap_low"),
+        ("rl M_low", "random update"), +1)  # fmt: skip
     if pairs:
         j = np.array([[np.nan if t["jaccard"] is None else t["jaccard"] for t in p["tensors"]]
                       for p in pairs])  # fmt: skip
@@ -617,10 +676,10 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
             rl("per_tensor_jaccard_threshold"), ("jaccard", "threshold"), +1)  # fmt: skip
     if "rl-lr" in other.values:
         lr_sp = _per_item(other, "rl-lr", "per_tensor_sparsity_bf16")
-        add("a larger lr lowers bf16 sparsity", lr_sp, rl("per_tensor_sparsity_bf16"),
+        add("a larger lr lowers bf16 sparsity", lr_sp, rl_at("per_tensor_sparsity_bf16"),
             ("rl-lr", "rl"), -1)  # fmt: skip
         add("a larger lr removes most of the bf16 sparsity (below half of RL's)", lr_sp,
-            0.5 * np.nanmean(rl("per_tensor_sparsity_bf16"), axis=0), ("rl-lr", "rl / 2"), -1)  # fmt: skip
+            0.5 * np.nanmean(rl_at("per_tensor_sparsity_bf16"), axis=0), ("rl-lr", "rl / 2"), -1)  # fmt: skip
         # RL vs SFT at the same lr, when the recipe's RL and SFT lrs differ (SmolLM2's: 10x)
         if "sft" in other.values and cfg.big_lr == cfg.sft_lr != cfg.rl_lr:
             for key in ("per_tensor_nss", "per_tensor_angle", "per_tensor_sparsity_bf16"):
@@ -633,7 +692,7 @@ def _predictions(cfg: StudyConfig, main, other, pairs) -> tuple[dict, dict, list
         dist = lambda r, k: np.abs(r(k) - r("per_tensor_overlap_random"))[..., vo]  # noqa: E731
         rot = lambda k: _per_item(other, "rl-rotated", k)  # noqa: E731
         add("rotation moves the principal overlap toward random (rotated v/o tensors)",
-            dist(rot, "per_tensor_overlap_principal"), dist(rl, "per_tensor_overlap_principal"),
+            dist(rot, "per_tensor_overlap_principal"), dist(rl_at, "per_tensor_overlap_principal"),
             ("rotated |Δ|", "rl |Δ|"), -1)  # fmt: skip
     _peft_predictions(v, main, other)
     v.preds["short-pretrain control weakens the effects"] = {
@@ -709,7 +768,13 @@ def _peft_predictions(v: _Verdicts, main, other) -> None:
     matches dense (no margin given: recorded); PiSSA no gain over LoRA. PiSSA vs MiLoRA and the
     adapters' geometry: the spec states no prediction, so they are recorded without a verdict."""
     arms = set(other.values)
-    acc = lambda arm: _per_item(main if arm == "rl" else other, arm, "correct_after")  # noqa: E731
+    seeds = _matched_seeds(main, other)  # dense RL at the arms' own seeds
+
+    def acc(arm):
+        if arm == "rl":
+            return _per_item(main, arm, "correct_after", seeds)
+        return _per_item(other, arm, "correct_after")
+
     nss = lambda arm: _per_item(other, arm, "per_tensor_nss")  # noqa: E731
     kw = {"unit": "prompts"}
     if "rl-mask-principal" in arms:
@@ -811,7 +876,9 @@ def _base_and_splits(out: Path, cfg: StudyConfig) -> tuple[StudyConfig, Splits, 
         raise StudyError(f"the control in {out} built its splits with other {', '.join(other)} "
                          f"({', '.join(f'{k}={params[k]}' for k in other)}); the study on its base "
                          "must use the same")  # fmt: skip
-    # the recipe the control tuned on DEV for this base (its lrs, steps and mu), not SmolLM2's
+    # the recipe the control tuned on DEV for this base (its lrs, steps and mu), not SmolLM2's;
+    # the seeds that tuning ran are the study's seen seeds too
+    splits.declare_seen(*base["seeds_seen_in_design"])
     return replace(cfg, model=str(path), **base["recipe"]), splits, {"path": str(path), **base}
 
 
@@ -866,8 +933,7 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
             "arms": {"rl": _settings(cfg, "rl"), **others},
             "signal_probe": probe,
             "control_base": control,
-            "command": "fmlab rlvr-geometry bench"
-            + (f" --model {CONTROL_BASE}" if control else ""),
+            "command": _command(cfg, control is not None),
         },
         metrics={
             **{k: v for k, v in summary["rl"].items()},
@@ -879,8 +945,7 @@ def _run(out: Path, cfg: StudyConfig, log) -> ResultRecord:
             "peak_rss_mb": peak_rss_mb(),
             # wall_s is this process's; a resumed run's arms ran earlier (their own seconds)
             "runs_resumed": main.resumed + other.resumed,
-            "train_seconds_total": float(sum(v.get("train_seconds", 0.0) for r in (main, other)
-                                             for seeds in r.values.values() for v in seeds.values())),  # fmt: skip
+            "train_seconds_total": _train_seconds(main, other),
         },
         baselines={a: summary[a] for a in summary if a != "rl"},
         plots=plots,
