@@ -434,8 +434,14 @@ class _Study:
                  for i, n in enumerate(row["tensor_names"])]  # fmt: skip
         for key in NULL_KEYS:
             row[f"per_tensor_{key}"] = [x[key] for x in nulls]
-            vals = [x[key] for x in nulls if x[key] is not None]
-            row[key] = float(np.mean(vals)) if vals else None
+        # the nulls are means over tensors (as the predictions' intervals are); analyze's
+        # overall values (GEOMETRY) pool entries, so the tensor means of those are recorded
+        # too, as tensor_mean_<metric>, for a like-for-like comparison with the nulls
+        for key in (*NULL_KEYS, "sparsity_bf16", "overlap_low", "overlap_principal"):
+            vals = [v for v in row[f"per_tensor_{key}"] if v is not None]
+            row[key if key in NULL_KEYS else f"tensor_mean_{key}"] = (
+                float(np.mean(vals)) if vals else None
+            )
         return row
 
 
