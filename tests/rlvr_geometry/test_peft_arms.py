@@ -205,6 +205,24 @@ def test_arms_config_and_cli_selection():
     assert res.exit_code != 0 and "rl-dora" in res.output and "rl-pissa" in res.output
 
 
+def test_adapter_init_depends_on_the_arm_seed_only():
+    """peft draws lora_A from torch's global RNG; an arm's init must not depend on what ran
+    before it in the process (a fresh study once gave rl-lora a different init)."""
+    from fmlab.rlvr_geometry.study import _prepare
+
+    spec = {"adapter": "lora", "lora_rank": 4, "lora_alpha": 8}
+
+    def init_a(global_seed, seed):
+        torch.manual_seed(global_seed)
+        pm = _prepare(_bf16_model(), spec, seed)[0]
+        return torch.cat([m.lora_A["default"].weight.flatten()
+                          for m in _lora_layers(pm).values()])  # fmt: skip
+
+    a = init_a(1, seed=0)
+    assert torch.equal(a, init_a(2, seed=0))
+    assert not torch.equal(a, init_a(1, seed=1))
+
+
 @pytest.fixture(scope="module")
 def peft_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("peft_study")

@@ -510,7 +510,9 @@ def _prepare(model, s: dict, seed: int, storage_dtype: torch.dtype | None = None
         model.eval()
         with torch.no_grad():
             before = model(input_ids=probe).logits.float()
-        model = wrap_lora(model, s["adapter"], s["lora_rank"], s["lora_alpha"])
+        with torch.random.fork_rng():  # peft draws lora_A from the global RNG: seed it
+            torch.manual_seed(seed)
+            model = wrap_lora(model, s["adapter"], s["lora_rank"], s["lora_alpha"])
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         extra = {"init_max_logit_change": max_logit_change(model, before, probe),
                  "trainable_params": trainable}  # fmt: skip
