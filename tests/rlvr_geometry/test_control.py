@@ -247,3 +247,26 @@ def test_control_verdicts_wait_for_rl_to_have_learnt():
     got = _gate(preds, {"long": ok, "short": no})["x: weaker after short pretraining"]
     assert got["verdict"].startswith("not tested") and "short base" in got["verdict"]
     assert got["verdict_of_the_interval"] == "FAILS" and got["lo"] == -2.0
+    # a base where RL's accuracy moved by a few prompts but GRPO saw almost no reward signal
+    weak = {**ok, "rl had a learning signal": {"verdict": "no: 10% of RL's prompt groups ..."}}
+    got = _gate(preds, {"long": ok, "short": weak})["x: weaker after short pretraining"]
+    assert got["verdict"].startswith("not tested") and "learning signal" in got["verdict"]
+
+
+def test_learning_signal_precondition_reads_the_rl_runs(monkeypatch):
+    from types import SimpleNamespace
+
+    from fmlab.rlvr_geometry import control
+    from fmlab.rlvr_geometry.study import MIN_SIGNAL
+
+    def runs(*fracs):
+        seeds = {i: {"train_signal_groups": f} for i, f in enumerate(fracs)}
+        return SimpleNamespace(values={"rl": seeds})
+
+    monkeypatch.setattr(control, "_preconditions", lambda main, other: {})
+    key = "rl had a learning signal"
+    low = control._base_preconditions(runs(0.14, 0.12, 0.03), None)[key]
+    high = control._base_preconditions(runs(0.56, 0.5, 0.6), None)[key]
+    assert low["verdict"].startswith("no") and low["min_fraction"] == MIN_SIGNAL
+    assert low["train_signal_groups"] == pytest.approx(0.29 / 3)
+    assert high["verdict"] == "yes"

@@ -100,6 +100,7 @@ from fmlab.core.results import (
 )
 from fmlab.core.train import BlockSampler, TrainConfig, train
 from fmlab.rlvr_geometry.study import (
+    MIN_SIGNAL,
     StudyConfig,
     _accuracy,
     _per_item,
@@ -598,18 +599,42 @@ def _judge(effects: dict[str, dict[str, np.ndarray]], names: dict[str, list[str]
     return by_base, control.preds, per_base.ivs + control.ivs
 
 
+def _base_preconditions(main, other) -> dict:
+    """The study's preconditions of one base's runs, plus whether RL had a learning signal
+    there: the mean fraction of its training prompt groups with differing rewards, against the
+    floor the study's signal probe asks of a base (``MIN_SIGNAL``). A base at 0% accuracy can
+    pass "changed test accuracy" with a gain of a few prompts while GRPO saw almost no signal
+    (this happened: +0.013 from 0, 10% of groups)."""
+    out = _preconditions(main, other)
+    sig = [v["train_signal_groups"] for v in main.values["rl"].values()]
+    frac = float(np.mean(sig))
+    out["rl had a learning signal"] = {
+        "train_signal_groups": frac, "per_seed": sig, "min_fraction": MIN_SIGNAL,
+        "verdict": "yes" if frac >= MIN_SIGNAL else f"no: {frac:.0%} of RL's prompt groups had "
+        f"differing rewards (the study asks {MIN_SIGNAL:.0%} of a base)",
+    }  # fmt: skip
+    return out
+
+
+GATES = ("rl changed test accuracy", "rl had a learning signal")
+
+
 def _gate(preds: dict, pre: Mapping[str, Mapping]) -> dict:
     """The control's verdicts, read with its preconditions: where RL did not measurably change
-    test accuracy on a base, its geometry is of an update that taught nothing, and "weaker
-    after short pretraining" would compare pretraining *and* how much RL learnt. The verdict
-    then says so (the interval stays in the record)."""
-    failed = [
-        b for b in BASES if pre[b].get("rl changed test accuracy", {}).get("verdict") != "yes"
-    ]
+    test accuracy on a base, or had almost no reward signal there, its geometry is of an update
+    that taught (next to) nothing, and "weaker after short pretraining" would compare
+    pretraining *and* how much RL learnt. The verdict then says so (the interval stays in the
+    record)."""
+    failed = {b: [g for g in GATES if pre[b].get(g, {}).get("verdict", "yes") != "yes"]
+              for b in BASES}  # fmt: skip
+    failed = {b: g for b, g in failed.items() if g}
     if not failed:
         return preds
-    why = (f"not tested: RL did not measurably change test accuracy on the {' and '.join(failed)} "
-           "base (metrics.preconditions), so a difference would not be one of pretraining alone")  # fmt: skip
+    what = "; ".join(
+        f"the {b} base fails {' and '.join(repr(x) for x in g)}" for b, g in failed.items()
+    )
+    why = (f"not tested: {what} (metrics.preconditions), so a difference would not be one of "
+           "pretraining alone")  # fmt: skip
     return {k: {**v, "verdict": why, "verdict_of_the_interval": v["verdict"]} for k, v in preds.items()}  # fmt: skip
 
 
@@ -716,7 +741,8 @@ def _run(out: Path, cfg: ControlConfig, log) -> ResultRecord:
             runs[b] = (main, other, pairs)
             effects[b], names[b] = effect_items(main, other, pairs), _names(main)
     by_base, preds, ivs = _judge(effects, names)
-    preds = _gate(preds, {b: _preconditions(runs[b][0], runs[b][1]) for b in BASES})
+    pre = {b: _base_preconditions(runs[b][0], runs[b][1]) for b in BASES}
+    preds = _gate(preds, pre)
     rec = _record(out, replace(cfg, study=recipe), splits, curve, choice, facts, runs, by_base,
                   preds, ivs, tuning, tuned)  # fmt: skip
     rec.wall_s = t.s
@@ -782,7 +808,7 @@ def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs, t
         },
         metrics={
             **summary["long"]["rl"],
-            "preconditions": {b: _preconditions(runs[b][0], runs[b][1]) for b in BASES},
+            "preconditions": {b: _base_preconditions(runs[b][0], runs[b][1]) for b in BASES},
             "predictions": preds,
             "effects": by_base,
             "bases": {
