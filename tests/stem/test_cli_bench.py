@@ -31,3 +31,30 @@ def test_quick_bench_writes_record(tmp_path):
     assert set(rec.baselines) == {"dense", "stem_half", "dense_wide"}
     assert any("identical logits: True" in n for n in rec.notes)
     assert rec.metrics["active_params"]["mean"] < rec.baselines["dense"]["active_params"]["mean"]
+    # every arm tuned with the same budget on val (dev seed), then run at its own choice
+    t = rec.tuning
+    assert set(t["chosen"]) == {"dense", "stem_half", "stem_all", "dense_wide"}
+    for a in t["arms"].values():
+        assert sum(p["phase"] == "grid" for p in a["points"]) == t["budget"]
+        assert a["evaluated"] == t["budget"] + len(a["widened"])
+    assert t["split"]["name"] == "val"
+    for arm, chosen in t["chosen"].items():
+        lr = chosen["lr"]
+        got = rec.metrics["lr"] if arm == "stem_all" else rec.baselines[arm]["lr"]
+        assert got["mean"] == lr
+    assert rec.seeds_seen_in_design == [100]
+    assert "test_prose" in str(rec.splits)
+
+
+def test_test_splits_are_sealed_during_tuning():
+    from fmlab.core.experiment import SealedSplitError, Splits
+    from fmlab.stem.bench import make_splits
+
+    splits = Splits.build(make_splits, seed=0, sealed=("test", "test_prose"), dev_seeds=(100,),
+                          test_seeds=(0,), n_entities=4, docs_per_entity=1, prose_chars=2000)  # fmt: skip
+    with splits.design("tuning"):
+        for name in ("test_prose", "test"):
+            with pytest.raises(SealedSplitError):
+                splits[name]
+    train, held = set(splits["train"]), set(splits.open_test()["test_prose"])
+    assert held and not train & held

@@ -5,6 +5,7 @@ classes (``model_type="fmlab_stem"``). See docs/stem.md.
 """
 
 from fmlab.stem.accounting import flops_per_token, param_counts
+from fmlab.stem.analysis import angular_spread
 from fmlab.stem.edit import Edit, EditError, edit, edit_pairs, revert
 from fmlab.stem.model import (
     StemConfig,
@@ -30,6 +31,7 @@ __all__ = [
     "StemForCausalLM",
     "StemMLP",
     "StemModel",
+    "angular_spread",
     "attach",
     "build_stem",
     "edit",

@@ -179,5 +179,5 @@ def bench_cmd(
     out = bench_out("stem", out, quick)
     rec = run(out, cfg, command="fmlab stem bench" + (" --quick" if quick else ""))
     m = rec.metrics
-    typer.echo(f"stem_all: val_loss {m['val_loss']['mean']:.3f}, fact_recall {m['fact_recall']['mean']:.3f}, "
+    typer.echo(f"stem_all: test_loss {m['test_loss']['mean']:.3f}, fact_recall {m['fact_recall']['mean']:.3f}, "
                f"edit_success {m['edit_success']['mean']:.3f}; wrote {out / 'stem.json'}")  # fmt: skip
