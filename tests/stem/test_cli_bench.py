@@ -30,6 +30,11 @@ def test_quick_bench_writes_record(tmp_path):
     assert (tmp_path / "stem.json").is_file()
     assert set(rec.baselines) == {"dense", "stem_half", "dense_wide"}
     assert any("identical logits: True" in n for n in rec.notes)
+    assert rec.setup["held_out_check"]["statements_in_train"] == 0
+    assert rec.setup["train_flops_per_token_over_dense"]["dense"] == 1.0
+    assert rec.setup["train_flops_per_token_over_dense"]["stem_all"] < 1.0
+    m = rec.metrics
+    assert 0.0 <= m["edit_success_before"]["mean"] <= 1.0 and "edit_success_own" in m
     assert rec.metrics["active_params"]["mean"] < rec.baselines["dense"]["active_params"]["mean"]
     # every arm tuned with the same budget on val (dev seed), then run at its own choice
     t = rec.tuning
@@ -58,3 +63,13 @@ def test_test_splits_are_sealed_during_tuning():
                 splits[name]
     train, held = set(splits["train"]), set(splits.open_test()["test_prose"])
     assert held and not train & held
+
+
+def test_held_out_check_refuses_a_trained_held_out_statement():
+    from fmlab.stem.bench import held_out_check
+
+    test = [{"entity": "Ana", "relation": "city", "value": "Oslo", "prompt": "Ana has a house in"}]
+    ok = held_out_check(["Ana lives in Oslo.", "Bob has a house in Rome."], test)
+    assert ok == {"test_items": 1, "statements_in_train": 0, "prompts_in_train": 0}
+    with pytest.raises(ValueError, match="held-out test statements occur in the training text"):
+        held_out_check(["Long ago Ana has a house in Oslo."], test)

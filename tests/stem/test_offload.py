@@ -52,6 +52,41 @@ def test_counters_hits_bytes_and_prefetch(tmp_path):
     h.close()
 
 
+def test_prefetch_of_the_next_batch_does_not_block_the_current_one(tmp_path, monkeypatch):
+    """The first design waited for any pending prefetch in every lookup, so the next batch's
+    read ran before the current batch's compute instead of beside it."""
+    import threading
+
+    from fmlab.stem.offload import TableStore
+
+    model = tiny(seed=5)
+    h = offload(model, tmp_path / "t", cache_rows=50, prefetch=True)
+    a, b = torch.tensor([[1, 2, 3]]), torch.tensor([[7, 8, 9]])
+    want_a = _logits(model, a)  # rows of a cached
+    release, real_fetch = threading.Event(), TableStore.fetch
+
+    def slow_fetch(self, ids):
+        release.wait(10)
+        real_fetch(self, ids)
+
+    monkeypatch.setattr(TableStore, "fetch", slow_fetch)
+    h.prefetch(b)  # blocked until released
+    done = {}
+    t = threading.Thread(target=lambda: done.update(a=_logits(model, a)))
+    t.start()
+    t.join(5)
+    assert not t.is_alive() and torch.equal(done["a"], want_a)  # a did not wait for b's read
+    release.set()
+    before = h.stats()["misses"]
+    _logits(model, b)  # waits for b's prefetch, then every row is a hit
+    assert h.stats()["misses"] == before
+    h.drop_caches()
+    assert all(len(x.cache) == 0 for x in h.stores.values())
+    _logits(model, b)
+    assert h.stats()["misses"] == before + 2 * 3  # read again from the files
+    h.close()
+
+
 def test_lru_evicts_and_without_prefetch_misses(tmp_path):
     model = tiny(seed=5)
     h = offload(model, tmp_path / "t", cache_rows=2, prefetch=False)

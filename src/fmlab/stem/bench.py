@@ -3,7 +3,8 @@
 Arms (one registry, :data:`ARMS`): ``dense``; ``stem_half`` (STEM in every other layer,
 1, 3, 5, ...); ``stem_all`` (every layer but 0, the official default); ``dense_wide`` (a dense
 model whose FFN is widened until its total parameters match ``stem_all``'s: capacity control).
-Every arm sees the same batches (same data seed) for the same number of steps.
+At a seed, every arm sees the same batches for the same number of steps; the seed sets both
+the init and the batch order (the tokenizer and the fact world are fixed by the data seed).
 
 Data (one function owns it, :func:`make_splits`): prose from the standard library plus a
 synthetic fact world; facts are stated in training with every paraphrase except one per
@@ -53,16 +54,17 @@ from fmlab.core.train import BlockSampler, TrainConfig
 from fmlab.stem.accounting import flops_per_token, param_counts
 from fmlab.stem.analysis import angular_spread
 from fmlab.stem.edit import edit, revert
-from fmlab.stem.model import build_stem
+from fmlab.stem.model import build_stem, stem_mlps
 from fmlab.stem.offload import offload
 from fmlab.stem.train import train_stem
 
 __all__ = ["ARMS", "BenchConfig", "make_splits", "quick", "run"]
 
 CLAIM = (
-    "STEM (token-indexed FFN tables) reaches lower validation loss and better fact recall than "
-    "a dense model at equal active FLOPs per token and equal training tokens, and its facts can "
-    "be edited by copying table rows with high success and locality."
+    "STEM (token-indexed FFN tables) reaches lower held-out loss and better fact recall than "
+    "a dense model at equal training tokens and no more training FLOPs per token (STEM's are "
+    "fewer: the record gives each arm's ratio to dense), and its facts can be edited by "
+    "copying table rows with high success and locality."
 )
 ARMS = ("dense", "stem_half", "stem_all", "dense_wide")
 
@@ -91,8 +93,10 @@ class BenchConfig:
     prose_chars: int = 400_000
     edit_pairs: int = 100
     locality_facts: int = 60
-    offload_batches: int = 8
+    offload_batches: int = 16
+    offload_batch_size: int = 2  # sequences: two batches' unique rows fit 10% of the rows
     offload_cache_fraction: float = 0.1
+    offload_repeats: int = 5
     data_seed: int = 0
 
     @classmethod
@@ -102,6 +106,7 @@ class BenchConfig:
             batch_size=4, steps=8, eval_every=8, n_entities=6, docs_per_entity=2,
             lr_grid=(3e-3, 1e-2), tune_steps=8,
             prose_chars=8_000, edit_pairs=2, locality_facts=4, offload_batches=2,
+            offload_batch_size=1, offload_repeats=2,
         )  # fmt: skip
 
 
@@ -116,7 +121,8 @@ def make_splits(seed: int, n_entities: int, docs_per_entity: int, prose_chars: i
     paraphrase's prefix (a dict: entity, relation, value, prompt). Both test splits are
     sealed until every arm is tuned."""
     world = make_fact_world(n_entities, seed=seed)
-    prose = split_documents(prose_documents(), seed=seed)
+    # 79 prose documents: 10% each for val (tuning) and test_prose (the reported loss)
+    prose = split_documents(prose_documents(), fractions=(0.8, 0.1, 0.1), seed=seed)
     train_prose, total = [], 0
     for d in prose["train"]:
         if total >= prose_chars:
@@ -150,6 +156,22 @@ def make_splits(seed: int, n_entities: int, docs_per_entity: int, prose_chars: i
     }
 
 
+def held_out_check(train_texts: list[str], test: list[dict]) -> dict[str, int]:
+    """Run-time check that each test fact's held-out statement (prompt + value) occurs in no
+    training text; raises if one does. Also counts test prompts whose words occur in training
+    (another paraphrase may share them; the statement itself must not)."""
+    text = "\n".join(train_texts)
+    leaked = [it for it in test if f"{it['prompt']} {it['value']}" in text]
+    if leaked:
+        it = leaked[0]
+        raise ValueError(
+            f"{len(leaked)} held-out test statements occur in the training text (e.g. "
+            f"{it['prompt']!r} {it['value']!r}); the held-out paraphrase must never be trained on"
+        )
+    return {"test_items": len(test), "statements_in_train": 0,
+            "prompts_in_train": sum(it["prompt"] in text for it in test)}  # fmt: skip
+
+
 def _blocks(tok, texts: list[str], split: str, seq_len: int) -> torch.Tensor:
     docs = [Document(f"{split}{i}", t, split) for i, t in enumerate(texts)]
     return pack_documents(tok, docs, seq_len)
@@ -180,7 +202,9 @@ def _rank_values(model, tok, items: list[dict], batch: int = 64) -> list[str]:
     """Each item's relation value with the highest log-likelihood after its prompt."""
     seqs, spans, owners = [], [], []
     for k, it in enumerate(items):
-        p = tok.encode(it["prompt"], add_special_tokens=False)
+        # documents are packed after a BOS (pack_documents), so a prompt starts with one too
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        p = bos + tok.encode(it["prompt"], add_special_tokens=False)
         for v in RELATIONS[it["relation"]][1]:
             c = tok.encode(" " + v, add_special_tokens=False)
             seqs.append(p + c)
@@ -205,68 +229,143 @@ def _rank_values(model, tok, items: list[dict], batch: int = 64) -> list[str]:
 
 
 def _edit_metrics(model, tok, test: list[dict], cfg: BenchConfig, seed: int) -> dict:
+    """``edit(s -> t)`` on ``edit_pairs`` random entity pairs, each reverted after scoring.
+
+    - ``edit_success``: s's held-out prompts (relations where s and t differ) rank t's true
+      value first after the edit. It cannot exceed the model's recall of t's facts, so
+    - ``edit_success_own`` is the rate at which s's prediction after the edit equals the
+      model's own prediction for t before it (does s now behave as t?), and
+    - ``edit_success_before`` the rate at which s already ranked t's value first (the floor).
+    - ``edit_locality``: predictions on ``locality_facts`` facts of other entities unchanged;
+      ``edit_locality_shared_kept`` of ``edit_locality_shared_items`` the same over the other
+      entities whose name shares a token with s (the ones an edit of s's rows can reach).
+
+    The tables are hashed before and after the loop: every edit must have been reverted."""
     rng = random.Random(f"edit:{seed}")
     ents = sorted({it["entity"] for it in test})
     by_ent: dict[str, list[dict]] = {}
     for it in test:
         by_ent.setdefault(it["entity"], []).append(it)
+    toks = {e: set(tok.encode(" " + e, add_special_tokens=False)) | set(tok.encode(e, add_special_tokens=False))
+            for e in ents}  # fmt: skip
     pairs = [tuple(rng.sample(ents, 2)) for _ in range(cfg.edit_pairs)]
-    successes, local = [], []
+    digest = _tables_digest(model)
+    succ, own, floor, local, shared = [], [], [], [], []
     for s, t in pairs:
         asked = [
             (a, b) for a, b in zip(by_ent[s], by_ent[t], strict=True) if a["value"] != b["value"]
         ]
         others = [it for it in test if it["entity"] not in (s, t)]
         others = rng.sample(others, min(cfg.locality_facts, len(others)))
-        before = _rank_values(model, tok, others)
+        near = [it for it in test if it["entity"] not in (s, t) and toks[it["entity"]] & toks[s]]
+        near = rng.sample(near, min(cfg.locality_facts, len(near)))
+        before = _rank_values(model, tok, others + near)
+        s_before = _rank_values(model, tok, [a for a, _ in asked]) if asked else []
+        t_pred = _rank_values(model, tok, [b for _, b in asked]) if asked else []
         e = edit(model, tok, s, t)
-        got = _rank_values(model, tok, [a for a, _ in asked]) if asked else []
-        after = _rank_values(model, tok, others)
-        revert(model, e)
-        successes += [float(g == b["value"]) for g, (_, b) in zip(got, asked, strict=True)]
-        local += [float(x == y) for x, y in zip(before, after, strict=True)]
-    return {"edit_success": statistics.fmean(successes), "edit_locality": statistics.fmean(local)}
+        try:
+            got = _rank_values(model, tok, [a for a, _ in asked]) if asked else []
+            after = _rank_values(model, tok, others + near)
+        finally:
+            revert(model, e)
+        for g, g0, tp, (_, b) in zip(got, s_before, t_pred, asked, strict=True):
+            succ.append(float(g == b["value"]))
+            own.append(float(g == tp))
+            floor.append(float(g0 == b["value"]))
+        same = [float(x == y) for x, y in zip(before, after, strict=True)]
+        local += same[: len(others)]
+        shared += same[len(others) :]
+    if _tables_digest(model) != digest:
+        raise RuntimeError("the STEM tables changed over the edit loop: an edit was not reverted")
+    return {"edit_success": statistics.fmean(succ), "edit_success_own": statistics.fmean(own),
+            "edit_success_before": statistics.fmean(floor),
+            "edit_locality": statistics.fmean(local),
+            "edit_locality_shared_kept": int(sum(shared)),
+            "edit_items": len(succ), "edit_locality_items": len(local),
+            "edit_locality_shared_items": len(shared)}  # fmt: skip
+
+
+def _tables_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i, m in sorted(stem_mlps(model).items()):
+        h.update(str(i).encode())
+        h.update(m.table.weight.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _offload_metrics(model, val_blocks, cfg: BenchConfig, work: Path) -> dict:
-    batches = [
-        val_blocks[i : i + cfg.batch_size, :-1] for i in range(0, len(val_blocks), cfg.batch_size)
-    ]
-    batches = [b for b in batches if len(b)][: cfg.offload_batches]
+    """Eval throughput of in-memory tables against offloaded ones with and without prefetch,
+    interleaved, the same threads and batches. Each offloaded repeat starts cold
+    (:meth:`~fmlab.stem.offload.Offloaded.drop_caches`), and with prefetch the first batch is
+    fetched at the start and every next one while the current one computes. Batches are
+    ``offload_batch_size`` sequences so that two batches' unique rows fit the cache of
+    ``offload_cache_fraction`` of the rows (the prefetch needs room for the batch computing
+    and the one fetched). Training cannot run offloaded, so this is eval throughput only."""
+    bs = cfg.offload_batch_size
+    batches = [val_blocks[i : i + bs, :-1] for i in range(0, len(val_blocks), bs)]
+    batches = [b for b in batches if len(b) == bs][: cfg.offload_batches]
+    if len(batches) < 2:
+        raise ValueError(
+            f"the offload timing needs at least 2 batches of {bs} validation blocks, got "
+            f"{len(batches)}; lower offload_batch_size or add validation text"
+        )
     rows = max(1, int(cfg.offload_cache_fraction * model.config.vocab_size))
+    unique = [int(torch.unique(b).numel()) for b in batches]
     mem = copy.deepcopy(model).eval()
     pre, nopre = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
     h_pre = offload(pre, work / "pre", cache_rows=rows, prefetch=True)
     h_no = offload(nopre, work / "nopre", cache_rows=rows, prefetch=False)
-    same = bool(torch.equal(mem(input_ids=batches[0]).logits, pre(input_ids=batches[0]).logits))
+    with torch.no_grad():
+        same = all(
+            torch.equal(mem(input_ids=b).logits, m(input_ids=b).logits)
+            for b in (batches[0], batches[-1])
+            for m in (pre, nopre)
+        )
 
-    def loop(m, h=None):
+    def loop(m, h=None, prefetch=False):
         def f():
+            if h is not None:
+                h.drop_caches()
+                if prefetch:
+                    h.prefetch(batches[0])
             with torch.no_grad():
                 for k, b in enumerate(batches):
-                    if h is not None and k + 1 < len(batches):
+                    if prefetch and k + 1 < len(batches):
                         h.prefetch(batches[k + 1])
                     m(input_ids=b)
 
         return f
 
     h_pre.reset_stats(), h_no.reset_stats()
-    t = timeit_interleaved({"in_memory": loop(mem), "offload_prefetch": loop(pre, h_pre),
-                            "offload_no_prefetch": loop(nopre, h_no)}, repeats=3)  # fmt: skip
+    t = timeit_interleaved({"in_memory": loop(mem), "offload_prefetch": loop(pre, h_pre, True),
+                            "offload_no_prefetch": loop(nopre, h_no)},
+                           repeats=cfg.offload_repeats)  # fmt: skip
     n_tok = sum(b.numel() for b in batches)
     s_pre, s_no = h_pre.stats(), h_no.stats()
     h_pre.close(), h_no.close()
     tps = {k: n_tok / t.median(k) for k in t.seconds}
+    # per repeat, both arms of a ratio ran in the same round (interleaved)
+    ratio = {k: sorted(a / b for a, b in zip(t.seconds["in_memory"], t.seconds[k], strict=True))
+             for k in ("offload_prefetch", "offload_no_prefetch")}  # fmt: skip
     return {
         "offload_identical_logits": same,
         "offload_tokens_per_s": tps,
         "offload_prefetch_over_memory": tps["offload_prefetch"] / tps["in_memory"],
         "offload_no_prefetch_over_memory": tps["offload_no_prefetch"] / tps["in_memory"],
+        "offload_ratio_per_repeat": ratio,
         "offload_bytes_per_token": s_pre["bytes_per_token"],
+        "offload_bytes_per_token_no_prefetch": s_no["bytes_per_token"],
         "offload_hit_rate": s_pre["hit_rate"],
+        "offload_hit_rate_no_prefetch": s_no["hit_rate"],
         "offload_stall_s": {"prefetch": s_pre["stall_s"], "no_prefetch": s_no["stall_s"]},
         "offload_resident_fraction": s_pre["resident_fraction"],
+        "offload_cache_rows": rows,
+        "offload_unique_rows_per_batch": unique,
+        "offload_batch": [bs, cfg.seq_len],
         "offload_threads": t.threads,
+        "offload_timing": t.to_record(),
     }
 
 
@@ -314,9 +413,9 @@ def run(
             model = _arm_model(arm, cfg, V, seed)
             tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=lr,
                                warmup_steps=max(1, steps // 10), eval_every=cfg.eval_every,
-                               log_every=1, seed=cfg.data_seed, progress=False, ckpt_every_s=0)  # fmt: skip
+                               log_every=1, seed=seed, progress=False, ckpt_every_s=0)  # fmt: skip
             with Timer() as t:
-                res = train_stem(model, BlockSampler(train_blocks, seed=cfg.data_seed), tcfg,
+                res = train_stem(model, BlockSampler(train_blocks, seed=seed), tcfg,
                                  val_blocks=val_blocks)  # fmt: skip
             res.raise_if_signalled(f"stem bench arm {arm} seed {seed}")
             model.eval()
@@ -332,6 +431,7 @@ def run(
                       mode="min", memo=Memo(out / ".memo" / "tune.json", key=key))  # fmt: skip
         splits.open_test("after tuning every arm's lr on val with the dev seed")
         test = list(splits["test"])
+        held_out = held_out_check(train_texts, test)
         test_blocks = _blocks(tok, list(splits["test_prose"]), "test", cfg.seq_len)
 
         def evaluate(arm: str, settings: dict, seed: int) -> dict:
@@ -382,11 +482,21 @@ def run(
         for arm in ("stem_all", "stem_half"):
             intervals.append(compare(runs, arm, "dense", "test_loss"))
             intervals.append(compare(runs, arm, "dense", "fact_recall", items="per_item"))
-        intervals.append(compare(runs, "stem_all", "dense", "angular_spread_deg"))
+        intervals.append(compare(runs, "stem_all", "dense", "angular_spread_deg", headline=False))
     plots = _plots(out, runs)
     first = runs.values["stem_all"][cfg.seeds[0]]
+    dense_fpt = summary["dense"]["train_flops_per_token"]["mean"]
+    flops_ratio = {a: summary[a]["train_flops_per_token"]["mean"] / dense_fpt for a in ARMS}
     notes = [f"{p.names[0]} − {p.names[1]} {p.metric}: {format_delta(p)}" for p in intervals]
     notes += [
+        "training FLOPs per token over dense's: "
+        + ", ".join(f"{a} {r:.2f}" for a, r in flops_ratio.items())
+        + " (STEM arms compute less than dense; dense_wide matches stem_all's parameters, "
+        "not its FLOPs)",
+        "seeds set the init and the batch order; the tokenizer, the fact world and the splits "
+        f"are fixed by data seed {cfg.data_seed}, so the std is over init and order only",
+        "STEM clips its backbone and its tables separately (each to the same max norm), as the "
+        "official recipe does; dense clips once",
         "lr per arm: "
         + ", ".join(f"{a} {c['lr']:g}" for a, c in tuning.chosen.items())
         + f" (tuned on the prose val split with dev seed {cfg.dev_seed} and {cfg.tune_steps}-step "
@@ -403,6 +513,8 @@ def run(
             "vocab_trained": V,
             "arms": list(ARMS),
             "command": command,
+            "held_out_check": held_out,
+            "train_flops_per_token_over_dense": flops_ratio,
             "distinct_rows_vs_length": distinct_rows_vs_length(
                 val_blocks, [16, 64, 256, 1024, 4096]
             ),

@@ -10,8 +10,11 @@ Each layer's file is memory-mapped with numpy. A per-layer LRU cache keeps ``cac
 rows; a lookup serves hits from it and reads misses from the file. With ``prefetch=True`` a
 background thread reads the rows of the NEXT batch's unique tokens (:meth:`Offloaded.prefetch`)
 while the current batch computes; during ``generate`` (:meth:`Offloaded.generate`) it reads the
-rows of the tokens just sampled, which are the next step's inputs. A lookup first waits for a
-pending prefetch (that wait, and any synchronous read of a miss, is counted as stall time).
+rows of the tokens just sampled, which are the next step's inputs. A lookup of the ids a pending
+prefetch is fetching waits for it; a lookup of other ids (the current batch) does not, so the
+read overlaps the compute. That wait, and any synchronous read of a miss, is stall time. The
+cache should hold two batches' unique rows (the one computing and the one fetched), or the
+prefetch evicts rows the current batch still needs.
 
 Rows are copied bit for bit, so logits equal those of in-memory tables exactly (tested). On a
 GPU machine the looked-up rows are copied to the device from host memory (pinned when CUDA is
@@ -75,26 +78,43 @@ def write_tables(model: nn.Module, directory: str | os.PathLike, overwrite: bool
 
 
 class _Prefetcher:
-    """One background thread; :meth:`wait` blocks until the pending job is done."""
+    """One background thread. A job is keyed by the ids it fetches: a lookup of those ids
+    waits for it (:meth:`wait_for`), a lookup of other ids (the batch computing while the next
+    one is fetched) does not, so the read overlaps the compute."""
 
     def __init__(self, enabled: bool):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="stem-prefetch") if enabled else None
         self.pending: Future | None = None
+        self.key: torch.Tensor | None = None
 
-    def submit(self, fn, *args) -> None:
+    def submit(self, fn, key: torch.Tensor) -> None:
         if self.pool is None:
             return
         self.wait()
-        self.pending = self.pool.submit(fn, *args)
+        self.key = key
+        self.pending = self.pool.submit(fn)
 
     def wait(self) -> float:
         """Block on the pending job; return the seconds waited."""
         if self.pending is None:
             return 0.0
         t0 = time.perf_counter()
-        self.pending.result()
-        self.pending = None
+        try:
+            self.pending.result()
+        finally:
+            self.pending, self.key = None, None
         return time.perf_counter() - t0
+
+    def wait_for(self, ids: torch.Tensor) -> float:
+        """Wait only when the pending job fetches exactly ``ids`` (0 s otherwise)."""
+        key = self.key
+        if self.pending is None or key is None:
+            return 0.0
+        if key.shape == ids.shape and torch.equal(key, ids):
+            return self.wait()
+        if self.pending.done():
+            return self.wait()  # surface a failed job's error, clear the slot
+        return 0.0
 
     def close(self) -> None:
         self.wait()
@@ -143,7 +163,7 @@ class TableStore:
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """U[ids]: ``(B, T)`` -> ``(B, T, d_ff)`` float32 on ``ids``' device."""
-        waited = self.prefetcher.wait()
+        waited = self.prefetcher.wait_for(ids.detach().cpu())
         flat = ids.reshape(-1).cpu()
         bad = flat[(flat < 0) | (flat >= self.shape[0])]
         if bad.numel():
@@ -199,7 +219,7 @@ class Offloaded:
         """Start reading the rows of ``next_input_ids`` (every layer) in the background;
         returns at once. A no-op when prefetch is off."""
         ids = next_input_ids.detach().cpu()
-        self._pf.submit(lambda: [s.fetch(ids) for s in self.stores.values()])
+        self._pf.submit(lambda: [s.fetch(ids) for s in self.stores.values()], ids)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         """``model.generate`` that prefetches the prompt's rows and then each sampled token's."""
@@ -229,6 +249,21 @@ class Offloaded:
             "resident_rows": sum(len(x.cache) for x in s),
             "resident_fraction": sum(len(x.cache) for x in s) / rows if rows else 0.0,
         }
+
+    def drop_caches(self) -> None:
+        """Start cold: wait for any prefetch, empty every row cache and ask the OS to drop the
+        table files from its page cache (``posix_fadvise(DONTNEED)``, where the platform has
+        it; pages still mapped may stay resident), so reads after this come from the files."""
+        self._pf.wait()
+        for x in self.stores.values():
+            with x.lock:
+                x.cache.clear()
+            if hasattr(os, "posix_fadvise"):
+                fd = os.open(x.path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
 
     def reset_stats(self) -> None:
         for x in self.stores.values():
