@@ -123,7 +123,10 @@ class _Prefetcher:
 
 
 class TableStore:
-    """One layer's table in a memory-mapped file plus an LRU cache of ``cache_rows`` rows."""
+    """One layer's table in a memory-mapped file plus an LRU cache of ``cache_rows`` rows.
+
+    The cache is one ``(cache_rows, d_ff)`` slab; ``cache`` maps a row id to its slot in LRU
+    order, so a lookup gathers its hits in one indexing op instead of a copy per row."""
 
     def __init__(
         self, path: Path, shape: tuple[int, int], cache_rows: int, prefetcher: _Prefetcher
@@ -132,7 +135,8 @@ class TableStore:
         self.numel = shape[0] * shape[1]
         self.mm = np.memmap(path, dtype="<f4", mode="r", shape=shape)
         self.cache_rows = cache_rows
-        self.cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.cache: OrderedDict[int, int] = OrderedDict()  # row id -> slot, LRU first
+        self.slab = torch.empty(cache_rows, shape[1], dtype=torch.float32)
         self.lock = threading.Lock()
         self.prefetcher = prefetcher
         self.pin = torch.cuda.is_available()
@@ -146,11 +150,22 @@ class TableStore:
         return data, idx.tolist()
 
     def _insert(self, rows: list[int], data: torch.Tensor) -> None:
-        for r, v in zip(rows, data, strict=True):
-            self.cache[r] = v
+        """Put ``rows`` (``data`` ``(R, d_ff)``) in the cache, evicting the least recently used
+        rows; when more rows come than the cache holds, the last ``cache_rows`` stay."""
+        if len(rows) > self.cache_rows:
+            rows, data = rows[-self.cache_rows :], data[-self.cache_rows :]
+        slots = []
+        for r in rows:
+            slot = self.cache.get(r)
+            if slot is None:
+                if len(self.cache) < self.cache_rows:
+                    slot = len(self.cache)
+                else:
+                    _, slot = self.cache.popitem(last=False)
+                self.cache[r] = slot
             self.cache.move_to_end(r)
-        while len(self.cache) > self.cache_rows:
-            self.cache.popitem(last=False)
+            slots.append(slot)
+        self.slab[torch.tensor(slots, dtype=torch.long)] = data
 
     def fetch(self, ids: torch.Tensor) -> None:
         """Bring the rows of ``ids`` into the cache (what the prefetch thread runs)."""
@@ -171,21 +186,22 @@ class TableStore:
         uniq, inv = torch.unique(flat, return_inverse=True)
         t0 = time.perf_counter()
         with self.lock:
-            keys = uniq.tolist()
+            keys = uniq.tolist()  # sorted (torch.unique)
             rows = torch.empty(len(keys), self.shape[1], dtype=torch.float32)
-            miss = []
+            hit_k, hit_slot, miss = [], [], []
             for k, r in enumerate(keys):
-                v = self.cache.get(r)
-                if v is None:
+                slot = self.cache.get(r)
+                if slot is None:
                     miss.append(k)
                 else:
-                    rows[k] = v
+                    hit_k.append(k)
+                    hit_slot.append(slot)
                     self.cache.move_to_end(r)
+            if hit_k:
+                rows[torch.tensor(hit_k)] = self.slab[torch.tensor(hit_slot)]
             if miss:
-                data, read = self._read([keys[k] for k in miss])
-                pos = {r: j for j, r in enumerate(read)}
-                for k in miss:
-                    rows[k] = data[pos[keys[k]]]
+                data, read = self._read([keys[k] for k in miss])  # read is sorted, like miss
+                rows[torch.tensor(miss)] = data
                 self._insert(read, data)
             self.hits += len(keys) - len(miss)
             self.misses += len(miss)
