@@ -744,7 +744,7 @@ def _run(out: Path, cfg: ControlConfig, log) -> ResultRecord:
     pre = {b: _base_preconditions(runs[b][0], runs[b][1]) for b in BASES}
     preds = _gate(preds, pre)
     rec = _record(out, replace(cfg, study=recipe), splits, curve, choice, facts, runs, by_base,
-                  preds, ivs, tuning, tuned)  # fmt: skip
+                  preds, ivs, tuning, tuned, pre)  # fmt: skip
     rec.wall_s = t.s
     write_record(rec, out / "control.json")
     return rec
@@ -780,7 +780,7 @@ def _curve_plot(path: Path, curve: list[dict], choice: BaseChoice) -> Path:
 
 
 def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs, tuning,
-            tuned) -> ResultRecord:  # fmt: skip
+            tuned, pre) -> ResultRecord:  # fmt: skip
     summary = {b: {**runs[b][0].summary(), **runs[b][1].summary()} for b in BASES}
     row = {r["step"]: r for r in curve}
     bases = {b: {"step": getattr(choice, b), "dev_accuracy": row[getattr(choice, b)]["dev_accuracy"],
@@ -808,7 +808,7 @@ def _record(out, cfg, splits, curve, choice, facts, runs, by_base, preds, ivs, t
         },
         metrics={
             **summary["long"]["rl"],
-            "preconditions": {b: _base_preconditions(runs[b][0], runs[b][1]) for b in BASES},
+            "preconditions": pre,
             "predictions": preds,
             "effects": by_base,
             "bases": {

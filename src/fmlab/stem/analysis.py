@@ -77,13 +77,13 @@ def angular_spread(model, blocks: torch.Tensor, layers: list[int] | None = None,
             captured[i] = out.detach()
 
         hooks.append(up.register_forward_hook(hook))
+    was = model.training
     try:
         if dense_layers:
-            was = model.training
             model.eval()
             model(input_ids=sub)
-            model.train(was)
     finally:
+        model.train(was)
         for h in hooks:
             h.remove()
     out: dict[str, float] = {}

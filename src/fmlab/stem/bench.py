@@ -40,6 +40,7 @@ from fmlab.core.evaluate import lm_loss
 from fmlab.core.experiment import (
     Splits,
     compare,
+    content_hash,
     format_delta,
     record_fields,
     run_arms,
@@ -286,13 +287,7 @@ def _edit_metrics(model, tok, test: list[dict], cfg: BenchConfig, seed: int) -> 
 
 
 def _tables_digest(model) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for i, m in sorted(stem_mlps(model).items()):
-        h.update(str(i).encode())
-        h.update(m.table.weight.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
+    return content_hash({str(i): m.table.weight for i, m in stem_mlps(model).items()})
 
 
 def _offload_metrics(model, val_blocks, cfg: BenchConfig, work: Path) -> dict:
